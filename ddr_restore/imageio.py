@@ -99,5 +99,5 @@ def tensor2img(tensor: torch.Tensor) -> np.ndarray:
         if t.shape[0] != 1:
             raise ValueError(f"tensor2img expects one image, got a batch of {t.shape[0]}")
         t = t[0]
-    arr = t.clamp_(0, 1).numpy().transpose(1, 2, 0)
+    arr = t.clamp(0, 1).numpy().transpose(1, 2, 0)  # not in place: never alter the caller's tensor
     return (arr * 255.0).round().astype(np.uint8)
