@@ -1,0 +1,256 @@
+"""The Deep Degradation Response (DDR) descriptor, loss and blind quality score (Wu et al., NeurIPS 2024).
+
+For an image ``i`` with CLIP image embedding ``F`` (C channels, *not* L2-normalised) and a degradation type ``d``
+with text direction ``T_d = text(degraded prompt) - text(clean prompt)``::
+
+    T_hat_d = std(F) * (T_d - mean(T_d)) / (std(T_d) + 1e-3) + mean(F)     # stats over channels, unbiased std
+    DDR_d   = 1 - cos(F, F + T_hat_d)
+    Q_DDR   = mean_d DDR_d            (higher = better quality)
+    loss    = -mean_batch Q_DDR
+
+Square inputs go through exactly the official computation: bicubic resize to the CLIP input size
+(``antialias=False``, no crop), CLIP mean/std normalisation, ``encode_image``. Differences from the official code,
+all deliberate:
+
+* Non-square inputs (the official ``forward`` crashes on them): ``nonsquare="resize"`` (default) resizes straight to
+  224x224, so every pixel gets gradient and the cost is one CLIP pass per image; ``"patches"`` uses the BIQA
+  patch protocol below (differentiable, n passes per image); ``"error"`` refuses them.
+* Input range: the official code does not clamp and neither do we by default (a restoration network's output
+  overshoots [0,1] a little during training and clamping would zero its gradient there). Values further than 0.5
+  outside [0,1] (e.g. [0,255] or [-1,1] data) or non-finite values raise ValueError; ``clamp=True`` clamps to
+  [0,1] after that check.
+* Computation runs in the module's dtype (fp32 by default, also on GPU; ``autocast=True`` encodes images under
+  CUDA fp16 autocast like the official fp16 GPU model). The input is cast to it; gradients flow through the cast.
+* ``quality_score`` scores each image separately (the official one pools a whole batch into one number) and
+  drops duplicate patches of square images (identical score, half the work).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddr_restore.ddr.clip_backend import ClipBundle, freeze, load_clip
+from ddr_restore.ddr.prompts import DEFAULT_DEGRADATIONS, PROMPTS, resolve_degradations
+
+__all__ = ["DDR", "biqa_patches", "TEXT_STD_EPS", "RANGE_TOLERANCE"]
+
+#: eps added to std(T_d) only, as in the official code.
+TEXT_STD_EPS = 1e-3
+#: how far outside [0, 1] an input may go before it is rejected as wrongly scaled.
+RANGE_TOLERANCE = 0.5
+_NONSQUARE = ("resize", "patches", "error")
+
+
+def biqa_patches(height: int, width: int, dedupe: bool = True) -> Tuple[int, List[Tuple[int, int]]]:
+    """Patch geometry of the official DDR BIQA protocol.
+
+    Square patches of side ``s = min(H, W)`` slide along the long side: ``n = max // s + 1`` patches with stride
+    ``(max - s) // (n - 1)`` starting at 0 (a few pixels at the far end can be missed, as in the official code).
+
+    Returns:
+        ``(s, offsets)`` with offsets as ``(top, left)`` pairs; with ``dedupe`` identical offsets (square images:
+        stride 0, two identical patches) appear once, which leaves the patch mean unchanged.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width} (HxW)")
+    side, long = min(height, width), max(height, width)
+    n = long // side + 1
+    stride = (long - side) // (n - 1)
+    starts = [i * stride for i in range(n)]
+    if dedupe:
+        starts = list(dict.fromkeys(starts))
+    if width >= height:
+        return side, [(0, s) for s in starts]
+    return side, [(s, 0) for s in starts]
+
+
+class DDR(nn.Module):
+    """Deep Degradation Response with a frozen CLIP encoder.
+
+    ``DDR()(x)`` returns the training loss ``-mean_b Q_DDR(x_b)`` for ``x`` (B,3,H,W) RGB in [0,1].
+
+    Args:
+        backbone: CLIP model (``"ViT-B-32"`` = OpenAI ViT-B/32, QuickGELU; aliases such as ``"ViT-B/32"``, ``"RN50"``).
+        pretrained: open_clip tag, local checkpoint path, ``"none"`` (random, warns loudly), or None = the file in
+            ``$DDR_CLIP_CHECKPOINT`` if set, else ``"openai"``.
+        degradations: types to average (default blur, color, noise, exposure; ``"content"`` is optional).
+        antialias: antialiased bicubic resize (the official code uses False).
+        nonsquare: how ``forward``/``per_type`` treat non-square inputs: ``"resize"``, ``"patches"`` or ``"error"``.
+        clamp: clamp inputs to [0,1] before resizing (official: no clamp).
+        check_range: reject inputs far outside [0,1] or non-finite (one min/max reduction per call).
+        autocast: on CUDA, encode images under fp16 autocast.
+        clip: an already loaded :class:`ClipBundle` to share between instances (then backbone/pretrained are
+            ignored).
+    """
+
+    pretrained_is_random: bool
+
+    def __init__(
+        self,
+        backbone: str = "ViT-B-32",
+        pretrained: Optional[str] = None,
+        degradations: Union[str, Sequence[str]] = DEFAULT_DEGRADATIONS,
+        antialias: bool = False,
+        nonsquare: str = "resize",
+        clamp: bool = False,
+        check_range: bool = True,
+        autocast: bool = False,
+        clip: Optional[ClipBundle] = None,
+    ) -> None:
+        super().__init__()
+        self.degradations: Tuple[str, ...] = resolve_degradations(degradations)
+        if nonsquare not in _NONSQUARE:
+            raise ValueError(f"nonsquare must be one of {', '.join(_NONSQUARE)}, got {nonsquare!r}")
+        bundle = clip if clip is not None else load_clip(backbone, pretrained)
+        self.clip_model = freeze(bundle.model)
+        self.model_name = bundle.model_name
+        self.source = bundle.source
+        self.pretrained_is_random = bundle.is_random
+        self.image_size = bundle.image_size
+        self.antialias = bool(antialias)
+        self.nonsquare = nonsquare
+        self.clamp = bool(clamp)
+        self.check_range = bool(check_range)
+        self.autocast = bool(autocast)
+
+        ref = next(t for t in self.clip_model.buffers() if t.is_floating_point())
+        dtype, device = ref.dtype, ref.device
+        mean = torch.tensor(bundle.mean, dtype=dtype, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(bundle.std, dtype=dtype, device=device).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+        # Text directions once, at init. Buffers (not plain attributes) so .to()/DDP replication move them.
+        prompts = [p for d in self.degradations for p in PROMPTS[d]]  # clean_0, degraded_0, clean_1, ...
+        with torch.no_grad():
+            text = self.clip_model.encode_text(bundle.tokenizer(prompts).to(device)).to(dtype)
+        directions = text[1::2] - text[0::2]  # degraded - clean, (D, C)
+        standardised = (directions - directions.mean(dim=-1, keepdim=True)) / (
+            directions.std(dim=-1, keepdim=True) + TEXT_STD_EPS
+        )
+        self.register_buffer("text_directions", directions, persistent=False)
+        self.register_buffer("text_directions_std", standardised, persistent=False)
+
+    # ------------------------------------------------------------------ module behaviour
+    def train(self, mode: bool = True) -> "DDR":
+        """Set train/eval mode for this module; CLIP always stays in eval mode (BatchNorm in RN backbones).
+
+        CLIP's weights are buffers (see :func:`~ddr_restore.ddr.clip_backend.freeze`), so ``parameters()`` is
+        empty and ``requires_grad_(True)`` on a parent cannot unfreeze them.
+        """
+        super().train(mode)
+        self.clip_model.eval()
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"model={self.model_name}, weights={self.source}, degradations={list(self.degradations)}, "
+            f"antialias={self.antialias}, nonsquare={self.nonsquare!r}, clamp={self.clamp}"
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"DDR expects a torch.Tensor (B,3,H,W), got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            hint = ""
+            if x.dim() == 3 and x.shape[0] == 3:
+                hint = " (one image: use x.unsqueeze(0))"
+            elif x.dim() == 4 and x.shape[1] == 1:
+                hint = " (greyscale: replicate with x.expand(-1, 3, -1, -1))"
+            elif x.dim() == 4 and x.shape[1] == 4:
+                hint = " (RGBA: drop alpha with x[:, :3])"
+            raise ValueError(f"DDR accepts RGB batches of shape (B,3,H,W); got shape {tuple(x.shape)}{hint}")
+        if not x.is_floating_point():
+            raise ValueError(f"DDR expects floating-point RGB in [0,1]; got dtype {x.dtype} (divide uint8 by 255)")
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"DDR got an empty input of shape {tuple(x.shape)}")
+        if x.device != self.text_directions.device:
+            raise ValueError(
+                f"input is on {x.device} but DDR is on {self.text_directions.device}; move one (ddr.to(x.device))"
+            )
+        if self.check_range:
+            lo, hi = torch.aminmax(x.detach())
+            lo, hi = float(lo), float(hi)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError("DDR input contains NaN or infinite values")
+            if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+                raise ValueError(
+                    f"DDR expects RGB values in [0,1] (overshoot up to {RANGE_TOLERANCE} tolerated); got min {lo:.4g}, "
+                    f"max {hi:.4g}. Scale [0,255] data by 1/255 and [-1,1] data by (x+1)/2."
+                )
+        x = x.to(self.text_directions.dtype)
+        return x.clamp(0.0, 1.0) if self.clamp else x
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        # Square: torchvision Resize(size, BICUBIC, antialias=False) gives exactly (size, size) = this call.
+        # Non-square (nonsquare="resize"): squashed to (size, size) so every pixel contributes to the embedding.
+        size = self.image_size
+        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=self.antialias)
+
+    def _encode(self, x224: torch.Tensor) -> torch.Tensor:
+        x224 = (x224 - self.mean) / self.std
+        if self.autocast and x224.is_cuda:
+            with torch.autocast("cuda", dtype=torch.float16):
+                feats = self.clip_model.encode_image(x224)
+            return feats.to(self.text_directions.dtype)
+        return self.clip_model.encode_image(x224)
+
+    def responses(self, features: torch.Tensor) -> torch.Tensor:
+        """DDR of every selected type from (N, C) CLIP image embeddings -> (N, D). Row-wise, no BxB matrix."""
+        mu = features.mean(dim=-1, keepdim=True)[:, None, :]  # (N,1,1)
+        sigma = features.std(dim=-1, keepdim=True)[:, None, :]  # unbiased, as torch.std in the official code
+        adapted = sigma * self.text_directions_std[None] + mu  # (N,D,C)
+        degraded = features[:, None, :] + adapted
+        cos = (F.normalize(features, dim=-1)[:, None, :] * F.normalize(degraded, dim=-1)).sum(dim=-1)
+        return 1.0 - cos
+
+    def _patch_responses(self, x: torch.Tensor, max_batch: Optional[int] = None) -> torch.Tensor:
+        """(B,3,H,W) checked input -> (B, D) mean over the BIQA patches (differentiable)."""
+        b = x.shape[0]
+        side, offsets = biqa_patches(x.shape[2], x.shape[3])
+        # Crop then resize each patch (identical to resizing the crop), patch-major; one CLIP call for all.
+        crops = [self._resize(x[:, :, t : t + side, l : l + side]) for t, l in offsets]
+        batch = torch.stack(crops, dim=1).flatten(0, 1)  # (B*P, 3, 224, 224), image-major
+        if max_batch is None or batch.shape[0] <= max_batch:
+            feats = self._encode(batch)
+        else:
+            feats = torch.cat([self._encode(chunk) for chunk in batch.split(max_batch)])
+        return self.responses(feats).view(b, len(offsets), -1).mean(dim=1)
+
+    # ------------------------------------------------------------------ public API
+    def per_type(self, x: torch.Tensor) -> torch.Tensor:
+        """DDR_d for each selected type: (B,3,H,W) in [0,1] -> (B, D), columns in ``self.degradations`` order."""
+        x = self._check(x)
+        if x.shape[2] != x.shape[3]:
+            if self.nonsquare == "error":
+                raise ValueError(f"DDR got a non-square input {tuple(x.shape)} and nonsquare='error'")
+            if self.nonsquare == "patches":
+                return self._patch_responses(x)
+        return self.responses(self._encode(self._resize(x)))
+
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        """Q_DDR per image (B,) = mean over the selected types (higher = better), with gradients."""
+        return self.per_type(x).mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training loss: ``-mean_b Q_DDR`` (a scalar in about [-1, 0]; minimising it maximises DDR)."""
+        return -self.q(x).mean()
+
+    @torch.no_grad()
+    def quality_score(
+        self, x: torch.Tensor, per_type: bool = False, max_batch: Optional[int] = None
+    ) -> torch.Tensor:
+        """Blind quality score with the official BIQA patch protocol (see :func:`biqa_patches`).
+
+        Args:
+            x: (B,3,H,W) RGB in [0,1]; each image is scored on its own.
+            per_type: return (B, D) per-type DDR instead of (B,) Q_DDR.
+            max_batch: split the CLIP call into chunks of at most this many patches (memory), default one call.
+        """
+        scores = self._patch_responses(self._check(x), max_batch=max_batch)
+        return scores if per_type else scores.mean(dim=1)

@@ -1,0 +1,59 @@
+"""DDR as a training loss (``train.ddr_opt: {type: DDRLoss, loss_weight: ...}``).
+
+The loss sees only the restored image (no ground truth): ``loss_weight * (-mean_b Q_DDR(pred))``; ``loss_weight`` is
+the paper's lambda_d. The CLIP encoder inside is frozen and always in eval mode; its weights are registered as
+*buffers* (not parameters, ``requires_grad=False``), so ``DDRLoss(...).parameters()`` is empty: no optimizer, gradient
+clipping or DDP gradient reduction ever sees them, and a parent's ``requires_grad_(True)`` cannot unfreeze them. Keep
+loss modules out of the DDP wrapper (wrap only the network): each rank builds its own identical frozen CLIP.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ddr_restore.ddr.prompts import DEFAULT_DEGRADATIONS
+from ddr_restore.registry import LOSS_REGISTRY
+
+__all__ = ["DDRLoss"]
+
+
+@LOSS_REGISTRY.register()
+class DDRLoss(nn.Module):
+    """``loss_weight * DDR(pred)``: minimising it maximises the deep degradation response of ``pred``.
+
+    Args:
+        loss_weight: lambda_d (the paper's value is not published; DDR is in about [-1, 0] while the PSNR loss is
+            about -30, so tune it).
+        degradations, backbone, pretrained: passed to :class:`~ddr_restore.ddr.descriptor.DDR`
+            (``pretrained=None``: ``$DDR_CLIP_CHECKPOINT`` if set, else the ``openai`` tag).
+        **ddr_kwargs: any other DDR option (``antialias``, ``nonsquare``, ``clamp``, ``autocast``, ...).
+    """
+
+    def __init__(
+        self,
+        loss_weight: float = 1.0,
+        degradations: Union[str, Sequence[str]] = DEFAULT_DEGRADATIONS,
+        backbone: str = "ViT-B-32",
+        pretrained: Optional[str] = None,
+        **ddr_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        try:
+            self.loss_weight = float(loss_weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"DDRLoss: loss_weight must be a number, got {loss_weight!r}") from None
+        # Imported here so that registering the loss does not import open_clip.
+        from ddr_restore.ddr.descriptor import DDR
+
+        self.ddr = DDR(backbone=backbone, pretrained=pretrained, degradations=degradations, **ddr_kwargs)
+
+    @property
+    def pretrained_is_random(self) -> bool:
+        """True when the CLIP inside is randomly initialised (the loss is then meaningless)."""
+        return self.ddr.pretrained_is_random
+
+    def forward(self, pred: torch.Tensor, target: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
+        """``loss_weight * -mean_b Q_DDR(pred)``; ``target`` is accepted for a uniform loss call and ignored."""
+        return self.loss_weight * self.ddr(pred)
