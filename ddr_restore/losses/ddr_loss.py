@@ -29,6 +29,8 @@ class DDRLoss(nn.Module):
         degradations, backbone, pretrained: passed to :class:`~ddr_restore.ddr.descriptor.DDR`
             (``pretrained=None``: ``$DDR_CLIP_CHECKPOINT`` if set, else the ``openai`` tag).
         **ddr_kwargs: any other DDR option (``antialias``, ``nonsquare``, ``clamp``, ``autocast``, ...).
+            ``check_range`` defaults to False here: a network's output can overshoot [0,1] early in training and the
+            official loss sees it unclamped; NaN/inf losses are caught by the trainer.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class DDRLoss(nn.Module):
         # Imported here so that registering the loss does not import open_clip.
         from ddr_restore.ddr.descriptor import DDR
 
+        ddr_kwargs.setdefault("check_range", False)
         self.ddr = DDR(backbone=backbone, pretrained=pretrained, degradations=degradations, **ddr_kwargs)
 
     @property

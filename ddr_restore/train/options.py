@@ -1,0 +1,500 @@
+"""Training options: load a BasicSR-style YAML file, apply ``--set`` overrides, validate, fill defaults.
+
+Everything is checked before any work starts: unknown keys, wrong types, missing required keys, unknown ``type:``
+names and keyword arguments the named class does not accept. Every message starts with the dotted option path,
+e.g. ``train.optim_g.lrr: unknown key``.
+
+Key names follow BasicSR (``docs/Config.md``); see :data:`SCHEMA` for the full list. Differences, on purpose:
+
+* ``model_type`` is optional: there is one training model; the BasicSR/NAFNet/Restormer names
+  (``SRModel``, ``ImageRestorationModel``, ``ImageCleanModel``) and ``DDRModel`` are accepted as aliases.
+* ``path.experiments_root`` is the folder that holds the run folders (default ``experiments`` under the current
+  working directory); it is made absolute when the options are resolved, so a resumed run finds its states
+  wherever it is started from. The run folder is ``<experiments_root>/<name>``.
+* ``--set a.b=VALUE`` replaces BasicSR's ``--force_yml`` (which used ``exec``/``eval``): VALUE is parsed with
+  ``yaml.safe_load``.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+__all__ = [
+    "OptionsError",
+    "SCHEMA",
+    "MODEL_TYPE_ALIASES",
+    "LOADER_KEYS",
+    "load_options",
+    "parse_options",
+    "apply_overrides",
+    "parse_override",
+    "validate_options",
+    "dump_options",
+]
+
+
+class OptionsError(ValueError):
+    """A problem in the training options; the message starts with the dotted key path."""
+
+
+MODEL_TYPE_ALIASES = ("DDRModel", "ImageRestorationModel", "SRModel", "ImageCleanModel")
+
+# datasets.<phase> keys consumed by the trainer/loader; all other keys are passed to the dataset class.
+LOADER_KEYS = (
+    "batch_size_per_gpu",
+    "num_worker_per_gpu",
+    "dataset_enlarge_ratio",
+    "prefetch_mode",
+    "pin_memory",
+    "persistent_workers",
+    "use_shuffle",
+    "mini_batch_sizes",
+    "gt_sizes",
+    "iters",
+)
+
+_MISSING = object()
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 and users expect.
+
+    PyYAML follows YAML 1.1, where ``lr: 1e-3`` is the *string* "1e-3" (BasicSR files write ``!!float 1e-3``).
+    Still the safe loader: no Python objects can be constructed.
+    """
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (see :class:`_SafeLoader`)."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# --------------------------------------------------------------------------------------------------- schema types
+@dataclass
+class Key:
+    """One option: accepted value kinds, whether it is required, its default, and its sub-schema (mappings).
+
+    kinds: names from :data:`_KIND_CHECKS` ("int", "float", "str", "bool", "none", "list[int]", "list[float]",
+    "list[str]", "map"). ``children``: fixed sub-keys of a mapping. ``open``: a mapping whose extra keys are
+    checked elsewhere (kwargs of a registered class). ``pattern``: for mappings of named entries, a check on the
+    entry names and the schema of each entry.
+    """
+
+    kinds: Tuple[str, ...]
+    required: bool = False
+    default: Any = _MISSING
+    children: Optional[Dict[str, "Key"]] = None
+    open: bool = False
+    choices: Optional[Tuple[Any, ...]] = None
+    entry: Optional["Key"] = None  # schema of every value in a name -> entry mapping (e.g. val.metrics)
+    entry_name_check: Optional[Callable[[str], Optional[str]]] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None  # extra check; returns an error text or None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or _is_float_str(v)
+
+
+def _is_float_str(v: Any) -> bool:
+    # YAML 1.1 (PyYAML) reads "1e-3" (no dot) as a string; accept it as the float users meant.
+    if not isinstance(v, str):
+        return False
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return not v.strip().lower() in ("nan", "inf", "-inf", "+inf", "infinity")
+
+
+_KIND_CHECKS: Dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": _is_num,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "none": lambda v: v is None,
+    "list[int]": lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
+    "list[float]": lambda v: isinstance(v, (list, tuple)) and all(_is_num(x) for x in v),
+    "list[str]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+    "map": lambda v: isinstance(v, Mapping),
+}
+
+
+def _positive(v: Any) -> Optional[str]:
+    return None if v is None or (_is_int(v) and v > 0) else f"must be a positive integer, got {v!r}"
+
+
+def _non_negative(v: Any) -> Optional[str]:
+    return None if v is None or (_is_int(v) and v >= 0) else f"must be >= 0, got {v!r}"
+
+
+def _ema_decay(v: Any) -> Optional[str]:
+    return None if v is None or 0.0 <= float(v) < 1.0 else f"must be in [0, 1), got {v!r}"
+
+
+def _num_gpu(v: Any) -> Optional[str]:
+    return None if v == "auto" or (_is_int(v) and v >= 0) else f"must be 'auto' or an integer >= 0, got {v!r}"
+
+
+def _dataset_phase(name: str) -> Optional[str]:
+    return None if name == "train" or name.startswith("val") else "dataset phases are 'train' and 'val*' (val, val_1, ...)"
+
+
+def _typed_entry(**children: Key) -> Key:
+    """A mapping with a required registry ``type`` whose other keys are kwargs checked against the class."""
+    return Key(("map",), children={"type": Key(("str",), required=True), **children}, open=True)
+
+
+_DATASET = Key(
+    ("map",),
+    open=True,  # dataset-specific keys go to the dataset class, checked against its signature
+    children={
+        "name": Key(("str",)),
+        "type": Key(("str",), required=True),
+        "batch_size_per_gpu": Key(("int",), default=1, check=_positive),
+        "num_worker_per_gpu": Key(("int",), default=0, check=_non_negative),
+        "dataset_enlarge_ratio": Key(("int",), default=1, check=_positive),
+        "prefetch_mode": Key(("none", "str"), default=None, choices=(None, "cpu", "cuda")),
+        "pin_memory": Key(("bool",), default=False),
+        "persistent_workers": Key(("bool",), default=False),
+        "use_shuffle": Key(("bool",), default=True),
+        "mini_batch_sizes": Key(("list[int]", "none"), default=None),
+        "gt_sizes": Key(("list[int]", "none"), default=None),
+        "iters": Key(("list[int]", "none"), default=None),
+    },
+)
+
+_METRIC = Key(
+    ("map",),
+    open=True,  # crop_border, test_y_channel, ... go to the metric function
+    children={
+        "type": Key(("str",), required=True),
+        # default: the metric's own direction (METRIC_BETTER of ddr_restore.metrics), else "higher"
+        "better": Key(("str", "none"), default=None, choices=("higher", "lower", None)),
+    },
+)
+
+SCHEMA: Dict[str, Key] = {
+    "name": Key(("str",), required=True),
+    "model_type": Key(("str", "none"), default="DDRModel", choices=MODEL_TYPE_ALIASES + (None,)),
+    "scale": Key(("int",), default=1, check=_positive),
+    "num_gpu": Key(("int", "str"), default="auto", check=_num_gpu),
+    "manual_seed": Key(("int", "none"), default=None),
+    "find_unused_parameters": Key(("bool",), default=False),
+    "dist_params": Key(("map", "none"), default=None, children={"backend": Key(("str",)), "port": Key(("int",))}),
+    "is_train": Key(("bool",), default=True),  # BasicSR writes it; accepted for round-tripping
+    "datasets": Key(("map",), required=True, entry=_DATASET, entry_name_check=_dataset_phase),
+    "network_g": _typed_entry(),
+    "path": Key(
+        ("map",),
+        default={},
+        children={
+            "pretrain_network_g": Key(("str", "none"), default=None),
+            "param_key_g": Key(("str",), default="params"),
+            "strict_load_g": Key(("bool",), default=True),
+            "resume_state": Key(("str", "none"), default=None),
+            "experiments_root": Key(("str", "none"), default=None),
+        },
+    ),
+    "train": Key(
+        ("map",),
+        required=True,
+        children={
+            "optim_g": _typed_entry(),
+            "scheduler": Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True),
+            "total_iter": Key(("int",), required=True, check=_positive),
+            "warmup_iter": Key(("int",), default=-1),
+            "ema_decay": Key(("float", "none"), default=0.0, check=_ema_decay),
+            "use_grad_clip": Key(("bool",), default=False),
+            "grad_clip_norm": Key(("float",), default=0.01),
+            "accumulate_grad_batches": Key(("int",), default=1, check=_positive),
+            "amp": Key(("bool", "str", "none"), default=False, choices=(False, None, "bf16", "fp16")),
+            "pixel_opt": Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True),
+            "ddr_opt": Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True),
+        },
+    ),
+    "val": Key(
+        ("map", "none"),
+        default=None,
+        children={
+            "val_freq": Key(("int", "float"), default=5000),
+            "save_img": Key(("bool",), default=False),
+            "suffix": Key(("str", "none"), default=None),
+            "pbar": Key(("bool",), default=False),
+            "max_save_images": Key(("int",), default=4, check=_non_negative),
+            "metrics": Key(("map", "none"), default=None, entry=_METRIC),
+        },
+    ),
+    "logger": Key(
+        ("map",),
+        default={},
+        children={
+            "print_freq": Key(("int",), default=100, check=_positive),
+            "save_checkpoint_freq": Key(("int", "float"), default=5000),
+            "use_tb_logger": Key(("bool",), default=True),
+            "wandb": Key(
+                ("map", "none"),
+                default=None,
+                children={"project": Key(("str", "none"), default=None), "resume_id": Key(("str", "none"), default=None)},
+            ),
+        },
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------- loading & --set
+def load_options(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read an option YAML file (``yaml.safe_load``); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"option file not found: {path}")
+    try:
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise OptionsError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise OptionsError(f"{path}: the top level must be a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> Tuple[List[str], Any]:
+    """Parse one ``a.b.c=VALUE`` override into (["a","b","c"], value); VALUE is read as YAML (safe loader)."""
+    if "=" not in text:
+        raise OptionsError(f"--set {text!r}: expected KEY.PATH=VALUE (e.g. train.total_iter=1000)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p or not all(c.isalnum() or c in "_-" for c in p) for p in parts):
+        raise OptionsError(f"--set {text!r}: bad key path {key!r} (dotted names of letters, digits, '_' or '-')")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise OptionsError(f"--set {text!r}: cannot parse the value {raw!r} as YAML: {err}") from err
+    return parts, value
+
+
+def apply_overrides(opt: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Return a copy of ``opt`` with every ``a.b.c=VALUE`` override applied (missing mappings are created; the
+    schema check that follows rejects keys it does not allow)."""
+    opt = copy.deepcopy(opt)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = opt
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise OptionsError(f"--set {text!r}: {where} is a {type(child).__name__}, not a mapping of options")
+            node = child
+        node[parts[-1]] = value
+    return opt
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+def _kind_ok(value: Any, kinds: Sequence[str]) -> bool:
+    return any(_KIND_CHECKS[k](value) for k in kinds)
+
+
+def _check(value: Any, key: Key, where: str, errors: List[str]) -> Any:
+    """Validate ``value`` against ``key``; returns the value with defaults filled in (errors are collected)."""
+    if not _kind_ok(value, key.kinds):
+        errors.append(f"{where}: expected {' or '.join(key.kinds)}, got {type(value).__name__} {value!r}")
+        return value
+    if key.choices is not None and value not in key.choices:
+        errors.append(f"{where}: {value!r} is not one of {[c for c in key.choices]}")
+    if key.check is not None and not isinstance(value, Mapping):
+        problem = key.check(value)
+        if problem:
+            errors.append(f"{where}: {problem}")
+    if _is_float_str(value) and "float" in key.kinds and "str" not in key.kinds:
+        value = float(value)
+    if isinstance(value, Mapping):
+        value = dict(value)
+        if key.entry is not None:
+            for name, sub in value.items():
+                if key.entry_name_check and (msg := key.entry_name_check(str(name))):
+                    errors.append(f"{where}.{name}: unknown key ({msg})")
+                    continue
+                value[name] = _check(sub, key.entry, f"{where}.{name}", errors)
+        elif key.children is not None:
+            value = _check_mapping(value, key.children, where, errors, allow_extra=key.open)
+    return value
+
+
+def _check_mapping(
+    data: Mapping[str, Any], schema: Mapping[str, Key], where: str, errors: List[str], allow_extra: bool = False
+) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    prefix = f"{where}." if where else ""
+    for name, value in data.items():
+        if name not in schema:
+            if allow_extra:
+                out[name] = value
+            else:
+                errors.append(f"{prefix}{name}: unknown key (allowed: {', '.join(schema)})")
+            continue
+        out[name] = _check(value, schema[name], f"{prefix}{name}", errors)
+    for name, key in schema.items():
+        if name in out:
+            continue
+        if key.required:
+            errors.append(f"{prefix}{name}: missing required key")
+        elif key.default is not _MISSING:
+            default = copy.deepcopy(key.default)
+            out[name] = _check(default, key, f"{prefix}{name}", errors) if isinstance(default, dict) else default
+    return out
+
+
+def _check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], where: str, skip: int = 0) -> List[str]:
+    """Keyword names ``factory`` does not accept (unless it takes ``**kwargs``), as error lines."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    params = list(sig.parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return []
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    errors = [f"{where}.{k}: unknown key for {getattr(factory, '__name__', factory)} (accepted: {', '.join(sorted(names))})"
+              for k in kwargs if k not in names]
+    return errors
+
+
+def _check_registry_entry(registry: Any, cfg: Mapping[str, Any], where: str, drop: Iterable[str], extra: Iterable[str],
+                          errors: List[str]) -> None:
+    name = cfg.get("type")
+    if not isinstance(name, str):
+        return
+    if name not in registry:
+        errors.append(f"{where}.type: unknown {registry.kind} type {name!r}; registered: {', '.join(registry.keys())}")
+        return
+    kwargs = {k: v for k, v in cfg.items() if k != "type" and k not in drop}
+    for k in extra:
+        kwargs.setdefault(k, None)
+    errors.extend(_check_kwargs(registry.get(name), kwargs, where))
+
+
+def _check_components(opt: Dict[str, Any], errors: List[str]) -> None:
+    """Resolve every ``type:`` name and check its keyword arguments against the class, without building it."""
+    from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
+    from ddr_restore.train import schedulers
+
+    if isinstance(opt.get("network_g"), Mapping):
+        _check_registry_entry(ARCH_REGISTRY, opt["network_g"], "network_g", (), (), errors)
+    for phase, cfg in (opt.get("datasets") or {}).items():
+        if isinstance(cfg, Mapping):
+            _check_registry_entry(DATASET_REGISTRY, cfg, f"datasets.{phase}", LOADER_KEYS, ("phase",), errors)
+    train = opt.get("train") or {}
+    for key in ("pixel_opt", "ddr_opt"):
+        if isinstance(train.get(key), Mapping):
+            _check_registry_entry(LOSS_REGISTRY, train[key], f"train.{key}", (), (), errors)
+    for name, cfg in ((opt.get("val") or {}).get("metrics") or {}).items():
+        if isinstance(cfg, Mapping):
+            _check_registry_entry(METRIC_REGISTRY, cfg, f"val.metrics.{name}", ("better",), (), errors)
+    for key, lookup in (("optim_g", schedulers.optimizer_class), ("scheduler", schedulers.scheduler_class)):
+        cfg = train.get(key)
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("type"), str):
+            try:
+                cls = lookup(cfg["type"], f"train.{key}.type")
+            except KeyError as err:
+                errors.append(err.args[0])
+                continue
+            errors.extend(_check_kwargs(cls, {k: v for k, v in cfg.items() if k != "type"}, f"train.{key}", skip=1))
+
+
+def _check_consistency(opt: Dict[str, Any], errors: List[str]) -> None:
+    train = opt.get("train") or {}
+    if isinstance(train, Mapping) and train.get("pixel_opt") is None and train.get("ddr_opt") is None:
+        errors.append("train: needs at least one loss (train.pixel_opt and/or train.ddr_opt)")
+    datasets = opt.get("datasets") or {}
+    if isinstance(datasets, Mapping) and "train" not in datasets:
+        errors.append("datasets.train: missing required key")
+    tcfg = datasets.get("train") if isinstance(datasets, Mapping) else None
+    if isinstance(tcfg, Mapping):
+        prog = {k: tcfg.get(k) for k in ("mini_batch_sizes", "gt_sizes", "iters")}
+        given = [k for k, v in prog.items() if v is not None]
+        if given and len(given) != 3:
+            errors.append(f"datasets.train: progressive training needs mini_batch_sizes, gt_sizes and iters together "
+                          f"(given: {', '.join(given)})")
+        elif given and len({len(v) for v in prog.values()}) != 1:
+            errors.append("datasets.train: mini_batch_sizes, gt_sizes and iters must have the same length")
+        elif given and max(prog["mini_batch_sizes"]) > tcfg.get("batch_size_per_gpu", 1):
+            errors.append(f"datasets.train.mini_batch_sizes: largest value {max(prog['mini_batch_sizes'])} exceeds "
+                          f"batch_size_per_gpu {tcfg.get('batch_size_per_gpu', 1)} (the loader batch is subsampled)")
+    amp = train.get("amp") if isinstance(train, Mapping) else None
+    if amp is True:
+        errors.append("train.amp: use 'bf16', 'fp16' or false (true is ambiguous)")
+
+
+def validate_options(opt: Mapping[str, Any], check_components: bool = True) -> Dict[str, Any]:
+    """Validate ``opt`` against :data:`SCHEMA` and return a copy with defaults filled in.
+
+    Raises:
+        OptionsError: listing every problem found, one per line, each starting with its dotted key path.
+    """
+    if not isinstance(opt, Mapping):
+        raise OptionsError(f"options: expected a mapping, got {type(opt).__name__}")
+    errors: List[str] = []
+    out = _check_mapping(opt, SCHEMA, "", errors)
+    _check_consistency(out, errors)
+    if check_components:
+        _check_components(out, errors)
+    if errors:
+        raise OptionsError("invalid options:\n  " + "\n  ".join(errors))
+    # The experiments root is fixed once, as an absolute path, so resuming does not depend on the CWD.
+    root = out["path"].get("experiments_root") or "experiments"
+    out["path"]["experiments_root"] = str(Path(os.path.expanduser(root)).resolve())
+    for key in ("pretrain_network_g", "resume_state"):
+        if out["path"].get(key):
+            out["path"][key] = str(Path(os.path.expanduser(out["path"][key])).resolve())
+    return out
+
+
+def parse_options(path: Union[str, os.PathLike], overrides: Sequence[str] = (), check_components: bool = True) -> Dict[str, Any]:
+    """Load ``path``, apply ``--set`` overrides and validate; returns the resolved options."""
+    opt = load_options(path)
+    opt = apply_overrides(opt, overrides)
+    try:
+        return validate_options(opt, check_components=check_components)
+    except OptionsError as err:
+        raise OptionsError(f"{path}: {err}") from None
+
+
+def dump_options(opt: Mapping[str, Any], path: Union[str, os.PathLike], header: Sequence[str] = ()) -> Path:
+    """Write resolved options as YAML with ``# ...`` header lines (e.g. the command line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(_plain(opt), sort_keys=False)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
