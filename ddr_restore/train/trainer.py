@@ -67,6 +67,15 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d_%H%M%S")
 
 
+def _new_log_file(exp_dir: Path, name: str) -> Path:
+    """A fresh log file name per run (a resume in the same second gets a numeric suffix, never shares a file)."""
+    stem = f"train_{name}_{_timestamp()}"
+    candidate, n = exp_dir / f"{stem}.log", 1
+    while candidate.exists():
+        candidate, n = exp_dir / f"{stem}_{n}.log", n + 1
+    return candidate
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
@@ -487,7 +496,7 @@ class Trainer:
             self._build_model(resume)
 
             self._prepare_folder(resuming=resume is not None)
-            log_file = self.exp_dir / f"train_{opt['name']}_{_timestamp()}.log" if self.dist.is_main else None
+            log_file = _new_log_file(self.exp_dir, opt["name"]) if self.dist.is_main else None
             self.logger = setup_text_logger(log_file, is_main=self.dist.is_main)
             if self._archived is not None:
                 self.logger.info("existing experiment folder archived to %s", self._archived)

@@ -1,0 +1,386 @@
+"""Full-resolution inference: build a trained network from its option file + checkpoint, and run it on whole images.
+
+Two public functions:
+
+* :func:`load_restoration_model` builds ``network_g`` from a BasicSR-style YAML option file and loads a
+  checkpoint (``params_ema`` preferred, else ``params``, else a bare state dict). For NAFNet it builds
+  ``NAFNetLocal`` (TLC, test-time local statistics) by default, because NAFNet's published GoPro numbers are
+  measured that way (plain NAFNet at 1280x720 loses about 0.6 dB). The weights are the same for both classes.
+* :func:`restore` runs a network on one full-resolution image, with padding to the arch's ``size_multiple``,
+  optional overlapping tiles blended without seams, and optional autocast on CUDA.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "load_option_file",
+    "network_options",
+    "load_checkpoint_state",
+    "load_restoration_model",
+    "restore",
+    "tile_starts",
+    "tile_weight",
+    "model_size_multiple",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# Arch types whose test-time counterpart is a TLC ("Local") variant with the same state dict.
+_TLC_VARIANTS = {"NAFNet": "NAFNetLocal"}
+_TLC_ONLY_KEYS = ("train_size", "fast_imp")
+_DEFAULT_TLC_SIZE = 256
+_ZERO_PAD_ARCHS = ("NAFNet",)
+
+
+def load_option_file(path: PathLike) -> Dict[str, Any]:
+    """Read a YAML option file with ``yaml.safe_load``; errors name the file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not valid YAML or its top level is not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"option file not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            opt = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ValueError(f"option file {path} is not valid YAML: {err}") from err
+    if not isinstance(opt, dict):
+        raise ValueError(f"option file {path}: expected a mapping at the top level, got {type(opt).__name__}")
+    return opt
+
+
+def _train_gt_size(opt: Mapping[str, Any]) -> Optional[int]:
+    """``datasets.train.gt_size`` (the training crop), if the option file has one."""
+    datasets = opt.get("datasets")
+    if not isinstance(datasets, Mapping):
+        return None
+    train = datasets.get("train")
+    if not isinstance(train, Mapping):
+        return None
+    gt_size = train.get("gt_size")
+    return int(gt_size) if isinstance(gt_size, (int, float)) and gt_size > 0 else None
+
+
+def network_options(
+    opt: Optional[Mapping[str, Any]] = None,
+    network_opt: Optional[Mapping[str, Any]] = None,
+    tlc: bool = True,
+    where: str = "network_g",
+) -> Dict[str, Any]:
+    """The ``network_g`` dict to build for testing, with the TLC switch applied.
+
+    ``network_opt`` (if given) wins over ``opt['network_g']``. With ``tlc=True`` a ``NAFNet`` becomes
+    ``NAFNetLocal`` with ``train_size=(1, 3, gt, gt)``, ``gt`` being ``datasets.train.gt_size`` of the option
+    file (default 256, NAFNet's GoPro crop); an explicit ``train_size`` is kept. With ``tlc=False`` a
+    ``NAFNetLocal`` becomes plain ``NAFNet`` (its TLC-only keys are dropped).
+    """
+    if network_opt is None:
+        if opt is None:
+            raise ValueError("need an option file or a network_opt dict to know which network to build")
+        if "network_g" not in opt:
+            raise KeyError(f"{where}: the option file has no 'network_g' section (keys: {', '.join(map(str, opt))})")
+        network_opt = opt["network_g"]
+    if not isinstance(network_opt, Mapping) or "type" not in network_opt:
+        raise ValueError(f"{where}: expected a mapping with a 'type' key, got {network_opt!r}")
+    net_opt = copy.deepcopy(dict(network_opt))
+    arch = net_opt["type"]
+    local_names = set(_TLC_VARIANTS.values())
+    if tlc and arch in _TLC_VARIANTS:
+        net_opt["type"] = _TLC_VARIANTS[arch]
+        arch = net_opt["type"]
+    elif not tlc and arch in local_names:
+        net_opt["type"] = next(k for k, v in _TLC_VARIANTS.items() if v == arch)
+        for key in _TLC_ONLY_KEYS:
+            net_opt.pop(key, None)
+        arch = net_opt["type"]
+    if arch in local_names and "train_size" not in net_opt:
+        gt = _train_gt_size(opt) if opt is not None else None
+        gt = gt or _DEFAULT_TLC_SIZE
+        net_opt["train_size"] = (1, 3, gt, gt)
+    elif arch in local_names:
+        net_opt["train_size"] = tuple(int(v) for v in net_opt["train_size"])
+    return net_opt
+
+
+def load_checkpoint_state(
+    checkpoint: PathLike, prefer_ema: bool = True, map_location: Union[str, torch.device] = "cpu"
+) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Load the network weights of a checkpoint; returns ``(state_dict, key_used)``.
+
+    Accepts the trainer's ``{"params": ..., "params_ema": ...}`` dicts (``params_ema`` is used when present
+    and ``prefer_ema``) and bare state dicts (``key_used`` is then ``"<state_dict>"``). A leading
+    ``module.`` (DataParallel/DDP) is stripped. Loading uses ``weights_only=True``.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file, pickle with non-tensor objects, ...
+        raise ValueError(f"cannot load checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(ckpt).__name__}")
+    order = ["params_ema", "params"] if prefer_ema else ["params", "params_ema"]
+    key_used = next((k for k in order if k in ckpt), None)
+    if key_used is not None:
+        state = ckpt[key_used]
+        if not isinstance(state, Mapping):
+            raise ValueError(f"checkpoint {path}: '{key_used}' is a {type(state).__name__}, not a state dict")
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state, key_used = ckpt, "<state_dict>"
+    else:
+        raise KeyError(
+            f"checkpoint {path}: no 'params_ema' or 'params' key and not a bare state dict "
+            f"(top-level keys: {', '.join(map(str, list(ckpt)[:20]))})"
+        )
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return state, key_used
+
+
+def _format_keys(keys: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_restoration_model(
+    option_file: Optional[PathLike] = None,
+    checkpoint: Optional[PathLike] = None,
+    network_opt: Optional[Mapping[str, Any]] = None,
+    prefer_ema: bool = True,
+    tlc: bool = True,
+    device: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """Build ``network_g`` for testing and load its trained weights.
+
+    Args:
+        option_file: YAML option file (BasicSR keys); its ``network_g`` section is used.
+        checkpoint: ``net_g_<iter>.pth``; ``None`` keeps the random initialisation (benchmarks only; warns).
+        network_opt: a ``network_g`` dict that replaces the option file's (either one is required).
+        prefer_ema: load ``params_ema`` when the checkpoint has it (else ``params``).
+        tlc: NAFNet is built as ``NAFNetLocal`` (TLC; ``train_size`` from ``datasets.train.gt_size``, default
+            256); ``False`` builds plain ``NAFNet`` even if the option file names ``NAFNetLocal``.
+        device: where to put the network.
+
+    Returns:
+        The network in eval mode with ``requires_grad`` off. Attributes ``ddr_checkpoint_key`` (the key
+        loaded) and ``ddr_network_opt`` (the dict built) record what was done.
+
+    Raises:
+        FileNotFoundError / ValueError / KeyError naming the file or key; a RuntimeError listing missing and
+        unexpected parameter names when the checkpoint does not fit the network.
+    """
+    from ddr_restore.registry import ARCH_REGISTRY
+
+    opt = load_option_file(option_file) if option_file is not None else None
+    where = f"{option_file}: network_g" if option_file is not None else "network_g"
+    net_opt = network_options(opt, network_opt, tlc=tlc, where=where)
+    net = ARCH_REGISTRY.build(net_opt, where=where)
+    key_used = "<random init>"
+    if checkpoint is not None:
+        state, key_used = load_checkpoint_state(checkpoint, prefer_ema=prefer_ema, map_location="cpu")
+        result = net.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise RuntimeError(
+                f"checkpoint {checkpoint} ('{key_used}') does not fit {net_opt['type']} built from {where}: "
+                f"missing keys [{_format_keys(result.missing_keys)}]; "
+                f"unexpected keys [{_format_keys(result.unexpected_keys)}]"
+            )
+    else:
+        logger.warning("no checkpoint given: %s keeps its RANDOM initialisation", net_opt["type"])
+    net.eval().requires_grad_(False)
+    net.to(device)
+    net.ddr_checkpoint_key = key_used
+    net.ddr_network_opt = net_opt
+    return net
+
+
+def model_size_multiple(net: nn.Module) -> int:
+    """The arch's ``size_multiple`` (1 when it declares none); DataParallel/DDP wrappers are looked through."""
+    inner = getattr(net, "module", net)
+    return max(1, int(getattr(inner, "size_multiple", getattr(net, "size_multiple", 1))))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap`` overlap.
+
+    The last tile is aligned to the end (``length - tile``), so the whole range is covered even when the
+    stride does not divide it; a single tile when ``length <= tile``.
+    """
+    if tile <= 0 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need 0 <= tile_overlap < tile, got tile={tile}, tile_overlap={overlap}")
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(overlap: int) -> torch.Tensor:
+    """Blend ramp over an overlap: 0 on the outer quarter, raised cosine 0->1 over the middle half.
+
+    The zero margin discards each tile's edge pixels (wrong because the net saw padding there), so a net whose
+    receptive-field radius is <= overlap/4 gives the untiled result exactly up to float rounding.
+    """
+    margin = overlap // 4
+    n = overlap - 2 * margin  # width of the raised-cosine part (>= 1 when overlap >= 1)
+    ramp = torch.ones(overlap, dtype=torch.float64)
+    ramp[:margin] = 0.0
+    idx = torch.arange(1, n + 1, dtype=torch.float64)
+    ramp[margin:margin + n] = 0.5 - 0.5 * torch.cos(math.pi * idx / (n + 1))
+    return ramp
+
+
+def tile_weight(length: int, tile: int, start: int, overlap: int) -> torch.Tensor:
+    """1-D blend weights of one tile along one axis (float64, length ``min(tile, length)``).
+
+    Only edges that lie inside the image are ramped; at the image border the tile's output is as good as the
+    untiled one, so its weight stays 1 there. Overlapping tiles' weights sum to > 0 at every pixel.
+    """
+    size = min(tile, length)
+    w = torch.ones(size, dtype=torch.float64)
+    if overlap <= 0 or size == length:
+        return w
+    ramp = _ramp(overlap)
+    if start > 0:
+        w[:overlap] = torch.minimum(w[:overlap], ramp)
+    if start + size < length:
+        w[size - overlap:] = torch.minimum(w[size - overlap:], ramp.flip(0))
+    return w
+
+
+def _autocast_dtype(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
+    if amp in (None, False, "", "none", "fp32", "float32"):
+        return None
+    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"amp must be one of None, 'bf16', 'fp16'; got {amp!r}")
+    if device.type != "cuda":
+        # Autocast on CPU changes numerics for little gain; the evaluation protocol is fp32 there.
+        logger.warning("amp=%r ignored on %s: CPU inference runs in fp32", amp, device.type)
+        return None
+    return dtypes[amp]
+
+
+def _default_pad_mode(net: nn.Module) -> str:
+    inner = getattr(net, "module", net)
+    declared = getattr(inner, "pad_mode", None)
+    if declared in ("reflect", "replicate", "zeros"):
+        return declared
+    # NAFNet zero-pads inside its forward; padding the same way outside keeps results identical to it.
+    return "zeros" if any(c.__name__ in _ZERO_PAD_ARCHS for c in type(inner).__mro__) else "reflect"
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int, mode: str) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"  # reflect padding needs pad < size; tiny images fall back to edge replication
+    if mode == "zeros":
+        return F.pad(x, (0, pw, 0, ph))
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def restore(
+    net: nn.Module,
+    img: torch.Tensor,
+    tile: Optional[int] = None,
+    tile_overlap: int = 32,
+    amp: Optional[str] = None,
+    pad_mode: Optional[str] = None,
+) -> torch.Tensor:
+    """Run ``net`` on one full-resolution image.
+
+    Args:
+        net: a restoration network (B,3,H,W) -> (B,3,H,W); its ``size_multiple`` attribute is honoured.
+        img: (3,H,W) or (1,3,H,W) float tensor in [0,1], any H, W.
+        tile: tile side in pixels (rounded down to a multiple of ``size_multiple``); ``None`` = whole image.
+        tile_overlap: overlap between neighbouring tiles in pixels (tiles are blended with weights that are
+            zero on the outer quarter of each overlap and a raised cosine across the middle, so there are no
+            seams; must be < tile / 2).
+        amp: ``None`` (fp32), ``"bf16"`` or ``"fp16"`` autocast; only used on CUDA (ignored with a warning on
+            CPU, where inference is fp32).
+        pad_mode: how the image is padded to ``size_multiple`` before the net sees it: ``"reflect"``,
+            ``"replicate"`` or ``"zeros"``; ``None`` follows each arch's official test code (NAFNet: zeros, as its
+            internal padding; anything else: reflect, as Restormer's test script). The pad is cropped off.
+
+    Returns:
+        The float32 output with the input's shape and device, not clamped (evaluation clamps and quantises).
+    """
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"restore expects a torch.Tensor, got {type(img).__name__}")
+    squeeze = img.dim() == 3
+    x = img.unsqueeze(0) if squeeze else img
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"restore expects a (3,H,W) or (1,3,H,W) tensor, got shape {tuple(img.shape)}")
+    if pad_mode is None:
+        pad_mode = _default_pad_mode(net)
+    if pad_mode not in ("reflect", "replicate", "zeros"):
+        raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'zeros', got {pad_mode!r}")
+    param = next(iter(net.parameters()), None)
+    device = param.device if param is not None else x.device
+    autocast_dtype = _autocast_dtype(amp, device)
+    multiple = model_size_multiple(net)
+    h, w = x.shape[-2:]
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                out = net(t)
+        else:
+            out = net(t)
+        if isinstance(out, (list, tuple)):  # deep-supervision nets: the last output is the image
+            out = out[-1]
+        return out.float()
+
+    with torch.inference_mode():
+        xin = _pad_to_multiple(x.to(device=device, dtype=torch.float32), multiple, pad_mode)
+        hp, wp = xin.shape[-2:]
+        if tile is None or (tile >= hp and tile >= wp):
+            out = run(xin)
+        else:
+            tile_eff = max(multiple, (int(tile) // multiple) * multiple)
+            if tile_overlap < 0 or 2 * tile_overlap >= tile_eff:
+                raise ValueError(
+                    f"tile_overlap must be >= 0 and < tile/2 (tile {tile} -> {tile_eff} after rounding to a "
+                    f"multiple of {multiple}), got {tile_overlap}"
+                )
+            out = torch.zeros_like(xin)
+            weight = torch.zeros((1, 1, hp, wp), dtype=torch.float32, device=device)
+            for top in tile_starts(hp, tile_eff, tile_overlap):
+                wy = tile_weight(hp, tile_eff, top, tile_overlap)
+                for left in tile_starts(wp, tile_eff, tile_overlap):
+                    wx = tile_weight(wp, tile_eff, left, tile_overlap)
+                    patch = xin[..., top:top + tile_eff, left:left + tile_eff]
+                    pred = run(patch)
+                    if pred.shape != patch.shape:
+                        raise ValueError(f"tiled inference needs an output the size of its input; got "
+                                         f"{tuple(pred.shape)} for a {tuple(patch.shape)} tile")
+                    wt = (wy[:, None] * wx[None, :]).to(device=device, dtype=torch.float32)[None, None]
+                    ph, pw = patch.shape[-2:]
+                    out[..., top:top + ph, left:left + pw] += pred * wt
+                    weight[..., top:top + ph, left:left + pw] += wt
+            out = out / weight
+        out = out[..., :h, :w]
+    # Clone outside inference mode: callers may modify the result in place (inference tensors forbid that).
+    out = out.to(img.device).clone()
+    return out[0] if squeeze else out
