@@ -135,9 +135,11 @@ def test_registry_and_better():
     assert calculate_psnr.better == "higher" and calculate_ssim.better == "higher"
     img = data.astronaut()[:40, :40]
     deg = (img // 2).astype(np.uint8)
-    # BasicSR-style option dict with an extra key the metric ignores
-    val = METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_border": 2, "better": "higher"}, img=deg, img2=img)
+    val = METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_border": 2}, img=deg, img2=img)
     assert val == pytest.approx(direct_psnr(deg[2:-2, 2:-2], img[2:-2, 2:-2]))
+    # a misspelt option is an error, not silently ignored
+    with pytest.raises(TypeError, match="crop_bordr"):
+        METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_bordr": 2}, img=deg, img2=img)
 
 
 def test_tensor_convenience_quantises_and_does_not_mutate():

@@ -92,7 +92,6 @@ def calculate_psnr(
     crop_border: int = 0,
     input_order: str = "HWC",
     test_y_channel: bool = False,
-    **kwargs: Any,
 ) -> float:
     """PSNR (dB) between two images in the [0, 255] range; ``inf`` when identical.
 
@@ -101,7 +100,6 @@ def calculate_psnr(
         crop_border: pixels removed on each side before computing.
         input_order: ``"HWC"`` or ``"CHW"``.
         test_y_channel: compute on the BT.601 Y channel (see module docstring).
-        **kwargs: ignored (BasicSR option dicts may carry extra keys such as ``better``).
 
     Raises:
         ValueError: the shapes differ (both are named), or a bad ``crop_border``/``input_order``.
@@ -151,7 +149,6 @@ def calculate_ssim(
     crop_border: int = 0,
     input_order: str = "HWC",
     test_y_channel: bool = False,
-    **kwargs: Any,
 ) -> float:
     """SSIM between two images in the [0, 255] range (BasicSR semantics; see module docstring).
 

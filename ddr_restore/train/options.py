@@ -27,6 +27,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
+# datasets.<phase> keys consumed by the trainer/loader (defined with the datasets); the rest go to the dataset.
+from ddr_restore.data import LOADER_KEYS
+
 __all__ = [
     "OptionsError",
     "SCHEMA",
@@ -46,20 +49,6 @@ class OptionsError(ValueError):
 
 
 MODEL_TYPE_ALIASES = ("DDRModel", "ImageRestorationModel", "SRModel", "ImageCleanModel")
-
-# datasets.<phase> keys consumed by the trainer/loader; all other keys are passed to the dataset class.
-LOADER_KEYS = (
-    "batch_size_per_gpu",
-    "num_worker_per_gpu",
-    "dataset_enlarge_ratio",
-    "prefetch_mode",
-    "pin_memory",
-    "persistent_workers",
-    "use_shuffle",
-    "mini_batch_sizes",
-    "gt_sizes",
-    "iters",
-)
 
 _MISSING = object()
 
