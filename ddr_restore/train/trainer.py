@@ -315,7 +315,7 @@ class Trainer:
         mini_batch_sizes, gt_sizes, iters = self.progressive
         batch, size = progressive_stage(iteration, iters, mini_batch_sizes, gt_sizes)
         g = torch.Generator().manual_seed(self.seed * 1000003 + iteration * 97 + self.dist.rank)
-        return progressive_crop(lq, gt, batch, size, generator=g)
+        return progressive_crop(lq, gt, batch, size, generator=g, scale=int(self.opt.get("scale") or 1))
 
     def _losses(self, out: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms: Dict[str, torch.Tensor] = {}
