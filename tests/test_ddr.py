@@ -301,7 +301,8 @@ def test_cli_scores_folder_and_csv(ddr, bundle, photo_dir, monkeypatch, capsys):
         rows = list(csv.DictReader(fh))
     assert [r["path"].rsplit("/", 1)[-1] for r in rows] == sorted(imgs)
     types = ("blur", "color", "noise", "exposure")
-    assert list(rows[0]) == ["path", "width", "height", "q_ddr"] + [f"ddr_{t}" for t in types] + ["error"]
+    assert list(rows[0]) == ["path", "width", "height", "q_ddr"] + [f"ddr_{t}" for t in types] + ["error", "clip_weights"]
+    assert {r["clip_weights"] for r in rows} == {"random"}  # the file itself says the scores are not real
     for r in rows:
         img = imgs[r["path"].rsplit("/", 1)[-1]]
         x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]

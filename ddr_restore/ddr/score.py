@@ -171,16 +171,27 @@ def format_table(rows: Sequence[Dict[str, Any]], degradations: Sequence[str]) ->
     return "\n".join(out)
 
 
-def write_csv(rows: Sequence[Dict[str, Any]], path: PathLike, degradations: Sequence[str]) -> Path:
-    """Write rows as CSV with columns ``path,width,height,q_ddr,ddr_<type>...,error``."""
+def write_csv(
+    rows: Sequence[Dict[str, Any]], path: PathLike, degradations: Sequence[str], clip_weights: Optional[str] = None
+) -> Path:
+    """Write rows as CSV with columns ``path,width,height,q_ddr,ddr_<type>...,error`` (+ ``clip_weights``).
+
+    ``clip_weights`` ("random" or "pretrained"), when given, is written on every row so a score file can never be
+    mistaken for real quality scores when CLIP was random.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["path", "width", "height", "q_ddr"] + [f"ddr_{d}" for d in degradations] + ["error"]
+    if clip_weights is not None:
+        fields.append("clip_weights")
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+            row = {k: ("" if r.get(k) is None else r.get(k)) for k in fields}
+            if clip_weights is not None:
+                row["clip_weights"] = clip_weights
+            writer.writerow(row)
     return path
 
 
@@ -249,7 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(format_table(rows, ddr.degradations))
     if args.csv:
-        print(f"# wrote {write_csv(rows, args.csv, ddr.degradations)}")
+        weights = "random" if ddr.pretrained_is_random else "pretrained"
+        print(f"# wrote {write_csv(rows, args.csv, ddr.degradations, clip_weights=weights)}")
     if ddr.pretrained_is_random:
         print(_RANDOM_BANNER, file=sys.stderr)
     failed = [r for r in rows if r["error"]]
