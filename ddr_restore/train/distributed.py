@@ -108,4 +108,7 @@ def all_gather_object(obj: Any) -> List[Any]:
 def shutdown() -> None:
     """Destroy the process group if this process created one."""
     if dist.is_available() and dist.is_initialized():
+        # All ranks reach this point before any tears its group down: destroying a gloo group while a peer is
+        # still using it aborts that peer ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
