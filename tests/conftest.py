@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never reach a model hub; a pretrained tag must fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,3 +25,15 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found at {path} (set DDR_SHARED_DATA to use one elsewhere)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module, restored afterwards.
+
+    ViT-B/32 on an oversubscribed 2-core CI box is >10x slower with 2 OpenMP threads than with 1.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

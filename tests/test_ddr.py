@@ -32,13 +32,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # ViT-B/32 on an oversubscribed 2-core CI box is >10x slower with 2 OpenMP threads than with 1; restore after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # CLIP tests run single-threaded (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from ddr_restore.ddr.clip_backend import (
 from ddr_restore.ddr.descriptor import DDR
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # ViT-B/32 on an oversubscribed 2-core CI box is >10x slower with 2 OpenMP threads than with 1; restore after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # CLIP tests run single-threaded (conftest)
 
 
 def tiny_clip(seed: int) -> torch.nn.Module:
