@@ -10,6 +10,7 @@ import torch
 
 from ddr_restore.data import LOADER_KEYS, build_dataset
 from ddr_restore.data.paired import PairedImageDataset
+from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.imageio import write_image
 
 
@@ -121,7 +122,7 @@ def test_sr_validation_crops_oversized_gt(tmp_path):
     write_image(tmp_path / "gt" / "x.png", np.zeros((21, 25, 3), np.uint8))  # 1 px more than lq*2
     item = PairedImageDataset(tmp_path / "lq", tmp_path / "gt", phase="val", scale=2)[0]
     assert item["gt"].shape == (3, 20, 24)
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(InputError, match="size"):
         PairedImageDataset(tmp_path / "lq", tmp_path / "gt", phase="train", gt_size=8, scale=2)
 
 
@@ -137,7 +138,7 @@ def test_gopro_layout_prefixes_sequences(tmp_path):
     assert Path(item["lq_path"]).parts[-3:] == ("GOPR0002_11_00", "blur", "000002.png")
     assert Path(item["gt_path"]).parts[-3:] == ("GOPR0002_11_00", "sharp", "000002.png")
     write_image(tmp_path / "GOPR0002_11_00" / "sharp" / "000003.png", coord_image(20, 20))
-    with pytest.raises(FileNotFoundError, match="GOPR0002_11_00/000003.png"):
+    with pytest.raises(MissingPathError, match="GOPR0002_11_00/000003.png"):
         PairedImageDataset(tmp_path, tmp_path, phase="val", layout="gopro")
 
 
@@ -159,12 +160,12 @@ def test_realblur_list_layout(tmp_path):
     np.testing.assert_array_equal(as_u8(item["gt"]), 255 - as_u8(item["lq"]))
     # a missing entry is reported with its line number
     lst.write_text(lines[0] + "\n" + f"{sub}/scene009/gt/gt_1.png {sub}/scene009/blur/blur_1.png\n")
-    with pytest.raises(FileNotFoundError, match=r"line 2: .*scene009"):
+    with pytest.raises(MissingPathError, match=r"line 2: .*scene009"):
         PairedImageDataset(tmp_path, tmp_path, phase="val", layout="realblur", meta_info_file=lst)
     lst.write_text(lines[0] + " extra\n")
-    with pytest.raises(ValueError, match=r"line 1"):
+    with pytest.raises(InputError, match=r"line 1"):
         PairedImageDataset(tmp_path, tmp_path, phase="val", layout="realblur", meta_info_file=lst)
-    with pytest.raises(ValueError, match="meta_info_file"):
+    with pytest.raises(InputError, match="meta_info_file"):
         PairedImageDataset(tmp_path, tmp_path, phase="val", layout="realblur")
 
 
@@ -177,9 +178,9 @@ def test_explicit_list_file(tmp_path):
     assert [(Path(a).name, Path(b).name) for a, b in ds.pairs] == [
         ("a.png", "a.png"), ("b_blur.png", "b.png"), ("c.png", "c.png")]
     lst.write_text("a.png\nzzz.png\n")
-    with pytest.raises(FileNotFoundError, match=r"list\.txt.*line 2: .*zzz\.png"):
+    with pytest.raises(MissingPathError, match=r"list\.txt.*line 2: .*zzz\.png"):
         PairedImageDataset(lq_dir, gt_dir, phase="val", meta_info_file=lst)
-    with pytest.raises(FileNotFoundError, match="nolist.txt"):
+    with pytest.raises(MissingPathError, match="nolist.txt"):
         PairedImageDataset(lq_dir, gt_dir, phase="val", meta_info_file=tmp_path / "nolist.txt")
 
 
@@ -189,32 +190,35 @@ def test_missing_partners_are_all_listed(tmp_path):
     (lq_dir / "b.png").unlink()
     (lq_dir / "d.png").unlink()
     write_image(lq_dir / "zz.png", coord_image(40, 48))
-    with pytest.raises(FileNotFoundError, match=r"2 gt image\(s\).*b\.png, d\.png.*1 lq image\(s\).*zz\.png"):
+    with pytest.raises(MissingPathError, match=r"2 gt image\(s\).*b\.png, d\.png.*1 lq image\(s\).*zz\.png"):
         PairedImageDataset(lq_dir, gt_dir, gt_size=16)
 
 
 def test_size_mismatch_names_both_files(tmp_path):
     lq_dir, gt_dir = make_pair_folders(tmp_path, names=("a", "b"))
     write_image(gt_dir / "b.png", np.zeros((40, 50, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"input[/\\]b\.png \(48x40\) vs .*target[/\\]b\.png \(50x40\)"):
+    with pytest.raises(InputError, match=r"input[/\\]b\.png: 48x40 \(WxH\) but its gt .*target[/\\]b\.png is 50x40"):
         PairedImageDataset(lq_dir, gt_dir, gt_size=16)
     # the load-time check (header pre-check off) names both files too
     ds = PairedImageDataset(lq_dir, gt_dir, gt_size=16, check_sizes=False)
-    with pytest.raises(ValueError, match=r"input[/\\]b\.png is 48x40.*target[/\\]b\.png is 50x40"):
+    with pytest.raises(InputError, match=r"input[/\\]b\.png is 48x40.*target[/\\]b\.png is 50x40"):
         ds[1]
 
 
 def test_unreadable_image_names_file(tmp_path):
     lq_dir, gt_dir = make_pair_folders(tmp_path, names=("a",))
     (lq_dir / "a.png").write_bytes(b"not a png at all")
-    ds = PairedImageDataset(lq_dir, gt_dir, gt_size=16)
-    with pytest.raises(ValueError, match=r"input[/\\]a\.png"):
+    with pytest.raises(InputError, match=r"input[/\\]a\.png: not a readable image"):
+        PairedImageDataset(lq_dir, gt_dir, gt_size=16)
+    # with the build-time check off, reading the item names the file
+    ds = PairedImageDataset(lq_dir, gt_dir, gt_size=16, check_files=False)
+    with pytest.raises(InputError, match=r"input[/\\]a\.png"):
         ds[0]
 
 
 def test_too_small_image_and_padding(tmp_path):
     lq_dir, gt_dir = make_pair_folders(tmp_path, names=("a",), h=10, w=12)
-    with pytest.raises(ValueError, match=r"gt_size 16.*target[/\\]a\.png \(12x10\).*pad_to_gt_size"):
+    with pytest.raises(InputError, match=r"target[/\\]a\.png: 12x10 \(WxH\), smaller than gt_size 16.*pad_to_gt_size"):
         PairedImageDataset(lq_dir, gt_dir, gt_size=16)
     ds = PairedImageDataset(lq_dir, gt_dir, gt_size=16, pad_to_gt_size=True)
     torch.manual_seed(0)
@@ -224,26 +228,26 @@ def test_too_small_image_and_padding(tmp_path):
     np.testing.assert_array_equal(gt, 255 - lq)
     np.testing.assert_array_equal(lq[10], lq[9])  # mirror padding repeats the edge row: no black border
     ds_nocheck = PairedImageDataset(lq_dir, gt_dir, gt_size=16, check_sizes=False)
-    with pytest.raises(ValueError, match=r"target[/\\]a\.png is 12x10"):
+    with pytest.raises(InputError, match=r"target[/\\]a\.png is 12x10"):
         ds_nocheck[0]
 
 
 def test_empty_and_missing_folders(tmp_path):
     (tmp_path / "empty_lq").mkdir()
     (tmp_path / "empty_gt").mkdir()
-    with pytest.raises(ValueError, match="no images .*empty_gt"):
+    with pytest.raises(InputError, match="no images .*empty_gt"):
         PairedImageDataset(tmp_path / "empty_lq", tmp_path / "empty_gt", phase="val")
-    with pytest.raises(FileNotFoundError, match="dataroot_lq folder not found: .*nowhere"):
+    with pytest.raises(MissingPathError, match="dataroot_lq folder not found: .*nowhere"):
         PairedImageDataset(tmp_path / "nowhere", tmp_path / "empty_gt", phase="val")
 
 
 def test_option_validation(tmp_path):
     lq_dir, gt_dir = make_pair_folders(tmp_path, names=("a",))
-    with pytest.raises(ValueError, match="gt_size is required"):
+    with pytest.raises(InputError, match="gt_size is required"):
         PairedImageDataset(lq_dir, gt_dir, phase="train")
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(InputError, match="layout"):
         PairedImageDataset(lq_dir, gt_dir, phase="val", layout="lmdb")
-    with pytest.raises(ValueError, match="lmdb"):
+    with pytest.raises(InputError, match="lmdb"):
         PairedImageDataset(lq_dir, gt_dir, phase="val", io_backend={"type": "lmdb"})
     with pytest.raises(TypeError, match="use_hfilp"):  # a typo is caught, with the option path
         build_dataset({"type": "PairedImageDataset", "dataroot_lq": str(lq_dir), "dataroot_gt": str(gt_dir),

@@ -16,6 +16,7 @@ from ddr_restore.data.degradations import (
     synthesize_motion_blur,
 )
 from ddr_restore.data.synthetic import SyntheticMotionBlurDataset
+from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.imageio import write_image
 
 
@@ -41,7 +42,7 @@ def test_motion_kernel_seeded():
     np.testing.assert_array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
     assert random_motion_kernel(np.random.default_rng(0), kernel_size=15).shape == (15, 15)
-    with pytest.raises(ValueError, match="kernel_size"):
+    with pytest.raises(InputError, match="kernel_size"):
         random_motion_kernel(np.random.default_rng(0), kernel_size=(20, 10))
 
 
@@ -66,7 +67,7 @@ def test_blur_is_true_convolution_with_mirrored_border():
     delta = np.zeros((3, 3))
     delta[1, 1] = 1
     np.testing.assert_allclose(blur(img, delta), img, atol=1e-6)
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(InputError, match="odd"):
         blur(img, np.ones((4, 4)) / 16)
 
 
@@ -81,7 +82,7 @@ def test_noise_and_quantisation():
     lq, k = synthesize_motion_blur(img, np.random.default_rng(1), kernel_size=9, noise_sigma=[0.0, 0.02])
     assert k.shape == (9, 9) and lq.shape == img.shape
     np.testing.assert_allclose(lq * 255, np.round(lq * 255), atol=1e-3)
-    with pytest.raises(ValueError, match="noise_sigma"):
+    with pytest.raises(InputError, match="noise_sigma"):
         synthesize_motion_blur(img, np.random.default_rng(1), noise_sigma=[0.2, 0.1])
 
 
@@ -134,8 +135,11 @@ def test_dataroot_gt_folder_and_grey_images(tmp_path):
     rng = np.random.default_rng(0)
     write_image(tmp_path / "colour.png", (rng.random((40, 50, 3)) * 255).astype(np.uint8))
     write_image(tmp_path / "grey.png", (rng.random((40, 40)) * 255).astype(np.uint8))
-    ds = build_dataset({"type": "SyntheticMotionBlurDataset", "dataroot_gt": str(tmp_path), "gt_size": 24,
-                        "kernel_size": [5, 9], "batch_size_per_gpu": 2}, "train")
+    opt = {"type": "SyntheticMotionBlurDataset", "dataroot_gt": str(tmp_path), "gt_size": 24, "kernel_size": [5, 9],
+           "batch_size_per_gpu": 2}
+    with pytest.raises(InputError, match=r"grey\.png: greyscale.*gray: replicate in the dataset options"):
+        build_dataset(opt, "train")  # the project-wide policy: greyscale files only when asked for
+    ds = build_dataset({**opt, "gray": "replicate"}, "train")
     torch.manual_seed(0)
     item = ds[1]
     assert item["gt"].shape == (3, 24, 24)
@@ -143,17 +147,17 @@ def test_dataroot_gt_folder_and_grey_images(tmp_path):
 
 
 def test_synthetic_option_errors(tmp_path):
-    with pytest.raises(ValueError, match="nosuchphoto"):
+    with pytest.raises(InputError, match="nosuchphoto"):
         SyntheticMotionBlurDataset(phase="val", images=["nosuchphoto"])
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(InputError, match="scale"):
         SyntheticMotionBlurDataset(phase="val", scale=2)
-    with pytest.raises(ValueError, match=r"chelsea \(451x300\)"):
+    with pytest.raises(InputError, match=r"chelsea \(451x300\)"):
         SyntheticMotionBlurDataset(phase="val", images=["chelsea"], gt_size=320)
-    with pytest.raises(ValueError, match="gt_size is required"):
+    with pytest.raises(InputError, match="gt_size is required"):
         SyntheticMotionBlurDataset(phase="train")
-    with pytest.raises(ValueError, match="kernel_size"):
+    with pytest.raises(InputError, match="kernel_size"):
         SyntheticMotionBlurDataset(phase="val", kernel_size=[1, 2])
-    with pytest.raises(FileNotFoundError, match="missing_dir"):
+    with pytest.raises(MissingPathError, match="missing_dir"):
         SyntheticMotionBlurDataset(phase="val", dataroot_gt=tmp_path / "missing_dir")
     with pytest.raises(TypeError, match="kernel_sise"):
         build_dataset({"type": "SyntheticMotionBlurDataset", "kernel_sise": 5}, "val")

@@ -13,6 +13,7 @@ from ddr_restore.data.transforms import (
     progressive_crop,
     progressive_stage,
 )
+from ddr_restore.errors import InputError
 
 
 def coord_image(h: int, w: int) -> np.ndarray:
@@ -52,15 +53,15 @@ def test_paired_random_crop_sr_scale():
         lq_p, gt_p = paired_random_crop(lq, gt, 12, scale=3)
         assert lq_p.shape == (4, 4, 3) and gt_p.shape == (12, 12, 3)
         np.testing.assert_array_equal(gt_p, np.repeat(np.repeat(lq_p, 3, axis=0), 3, axis=1))
-    with pytest.raises(ValueError, match="multiple of scale"):
+    with pytest.raises(InputError, match="multiple of scale"):
         paired_random_crop(lq, gt, 10, scale=3)
 
 
 def test_paired_random_crop_errors_name_files():
     lq, gt = coord_image(10, 10), coord_image(10, 12)
-    with pytest.raises(ValueError, match=r"a\.png is 10x10.*b\.png is 12x10"):
+    with pytest.raises(InputError, match=r"a\.png is 10x10.*b\.png is 12x10"):
         paired_random_crop(lq, gt, 4, lq_name="a.png", gt_name="b.png")
-    with pytest.raises(ValueError, match=r"b\.png is 10x10 .*smaller than gt_size 16"):
+    with pytest.raises(InputError, match=r"b\.png is 10x10 .*smaller than gt_size 16"):
         paired_random_crop(lq, coord_image(10, 10), 16, lq_name="a.png", gt_name="b.png")
 
 
@@ -138,7 +139,7 @@ def test_progressive_stage_restormer_schedule():
     ],
 )
 def test_progressive_stage_validation(args, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         progressive_stage(*args)
 
 
@@ -168,11 +169,11 @@ def test_progressive_crop_sr_and_errors():
     a, b = progressive_crop(lq, gt, 2, 8, scale=2)
     assert a.shape == (2, 3, 4, 4) and b.shape == (2, 3, 8, 8)
     torch.testing.assert_close(b, a.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
-    with pytest.raises(ValueError, match="larger than"):
+    with pytest.raises(InputError, match="larger than"):
         progressive_crop(lq, gt, 2, 32, scale=2)
-    with pytest.raises(ValueError, match="multiple of scale"):
+    with pytest.raises(InputError, match="multiple of scale"):
         progressive_crop(lq, gt, 2, 7, scale=2)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(InputError, match="batch"):
         progressive_crop(lq, gt, 0, 8, scale=2)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(InputError, match="do not match"):
         progressive_crop(lq, gt, 2, 4)

@@ -14,6 +14,7 @@ from skimage import data as skdata
 from skimage.metrics import structural_similarity
 
 import ddr_restore
+from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.eval.evaluate import CAPTION_HEIGHT, collect_items, evaluate, main
 
 TINY_NAFNET = {"type": "NAFNet", "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
@@ -95,23 +96,24 @@ def test_restored_mode_metrics_csv_json_grid(photo_set, tmp_path):
 
 
 def test_restored_mode_errors(photo_set, tmp_path):
+    """Pairing, size and decoding problems are user errors (ddr_restore.errors) naming the file."""
     root, restored = photo_set
     kw = dict(lpips=False, ddr=False, progress=False, out_dir=tmp_path / "o")
     (restored / "chelsea.png").unlink()
-    with pytest.raises(ValueError, match="chelsea"):
+    with pytest.raises(InputError, match="chelsea"):
         evaluate("gopro", root=root, restored_dir=restored, **kw)
     _save(restored / "chelsea.png", np.zeros((H, W + 4, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"size mismatch.*chelsea\.png.*chelsea\.png"):
+    with pytest.raises(InputError, match=r"size mismatch.*chelsea\.png.*chelsea\.png"):
         evaluate("gopro", root=root, restored_dir=restored, **kw)
     (restored / "chelsea.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="chelsea.png"):
+    with pytest.raises(InputError, match="chelsea.png"):
         evaluate("gopro", root=root, restored_dir=restored, **kw)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(MissingPathError, match="nowhere"):
         evaluate("gopro", root=tmp_path / "nowhere", restored_dir=restored, **kw)
-    with pytest.raises(FileNotFoundError, match="nothing"):
+    with pytest.raises(MissingPathError, match="nothing"):
         evaluate("folder", target_dir=root / "test" / "target", restored_dir=tmp_path / "nothing", **kw)
     (root / "test" / "input" / "coffee.png").unlink()
-    with pytest.raises(ValueError, match="coffee"):
+    with pytest.raises(InputError, match="coffee"):
         collect_items("gopro", root=root)
 
 

@@ -6,8 +6,10 @@ import torch
 import yaml
 from torch import nn
 
+from ddr_restore.errors import CheckpointError, InputError, MissingPathError
 from ddr_restore.eval.inference import (
     load_checkpoint_state,
+    load_option_file,
     load_restoration_model,
     network_options,
     restore,
@@ -136,7 +138,7 @@ def test_network_options_tlc_switch():
                             tlc=False)
     assert plain["type"] == "NAFNet" and "train_size" not in plain
     assert network_options({"network_g": {"type": "Restormer", "dim": 8}}, tlc=True) == {"type": "Restormer", "dim": 8}
-    with pytest.raises(KeyError, match="network_g"):
+    with pytest.raises(InputError, match="network_g"):
         network_options({"name": "x"})
 
 
@@ -187,28 +189,80 @@ def test_checkpoint_errors(tmp_path):
     params, _ = _states(TINY_NAFNET)
     opt_file = tmp_path / "opt.yml"
     opt_file.write_text(yaml.safe_dump({"network_g": TINY_NAFNET}))
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(MissingPathError, match="missing.pth"):
         load_restoration_model(opt_file, tmp_path / "missing.pth")
-    with pytest.raises(FileNotFoundError, match="nope.yml"):
+    with pytest.raises(MissingPathError, match="nope.yml"):
         load_restoration_model(tmp_path / "nope.yml", tmp_path / "missing.pth")
     partial = tmp_path / "partial.pth"
     dropped = sorted(params)[0]
     torch.save({"params": {k: v for k, v in params.items() if k != dropped}, "extra": 1}, partial)
-    with pytest.raises(RuntimeError, match="partial.pth") as err:
+    with pytest.raises(CheckpointError, match="partial.pth") as err:
         load_restoration_model(opt_file, partial)
     assert dropped in str(err.value)
     weird = tmp_path / "weird.pth"
     torch.save({"epoch": 3, "iter": 5}, weird)
-    with pytest.raises(KeyError, match="weird.pth"):
+    with pytest.raises(CheckpointError, match="weird.pth"):
         load_restoration_model(opt_file, weird)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth") as err:
         load_restoration_model(opt_file, garbage)
+    assert "weights_only" not in str(err.value)
     bad_yaml = tmp_path / "bad.yml"
     bad_yaml.write_text("network_g: [unclosed")
-    with pytest.raises(ValueError, match="bad.yml"):
+    with pytest.raises(InputError, match="bad.yml"):
         load_restoration_model(bad_yaml)
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text(yaml.safe_dump({"network_g": {"type": "NoSuchNet"}}))
+    with pytest.raises(InputError, match="NoSuchNet"):
+        load_restoration_model(unknown)
+    typo = tmp_path / "typo.yml"
+    typo.write_text(yaml.safe_dump({"network_g": {**TINY_NAFNET, "widht": 8}}))
+    with pytest.raises(InputError, match="widht"):
+        load_restoration_model(typo)
+
+
+def test_width_mismatch_is_one_paragraph(tmp_path):
+    """A width-8 checkpoint in a width-32 network: one CheckpointError naming both files and a tensor's shapes."""
+    small, _ = _states(TINY_NAFNET)
+    ckpt = tmp_path / "net_g_8.pth"
+    torch.save({"params": small}, ckpt)
+    wide = {**TINY_NAFNET, "width": 32}
+    opt_file = tmp_path / "wide.yml"
+    opt_file.write_text(yaml.safe_dump({"network_g": wide}))
+    with pytest.raises(CheckpointError) as err:
+        load_restoration_model(opt_file, ckpt)
+    text = str(err.value)
+    assert "net_g_8.pth" in text and "wide.yml" in text
+    assert len(text.splitlines()) <= 3 and len(text) < 2000, text
+    from ddr_restore.registry import ARCH_REGISTRY
+
+    big = ARCH_REGISTRY.build(wide).state_dict()
+    named = [k for k in small if k in big and small[k].shape != big[k].shape and k in text]
+    assert named, text  # at least one mismatched tensor by name ...
+    k = named[0]
+    for shape in (small[k].shape, big[k].shape):  # ... with both of its shapes
+        assert str(list(shape)) in text or str(tuple(shape)) in text, (k, text)
+
+
+def test_option_file_overrides(tmp_path):
+    """--set KEY.PATH=VALUE (the trainer's parser) applied to the option file before the network is built."""
+    small, _ = _states(TINY_NAFNET)
+    ckpt = tmp_path / "net_g_8.pth"
+    torch.save({"params": small}, ckpt)
+    opt_file = tmp_path / "wide.yml"
+    opt_file.write_text(yaml.safe_dump({"name": "wide", "network_g": {**TINY_NAFNET, "width": 32}}))
+    opt = load_option_file(opt_file, ["network_g.width=8", "name=narrow", "datasets.train.gt_size=64"])
+    assert opt["network_g"]["width"] == 8 and opt["name"] == "narrow" and opt["datasets"]["train"]["gt_size"] == 64
+    assert load_option_file(opt_file)["network_g"]["width"] == 32  # the file itself is unchanged
+    net = load_restoration_model(opt_file, ckpt, overrides=["network_g.width=8"])
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, small[k]), k
+    with pytest.raises(CheckpointError, match=r"network_g\.width=16"):  # the message says the net came from --set
+        load_restoration_model(opt_file, ckpt, overrides=["network_g.width=16"])
+    for bad in ("network_g.width", "=3", "network_g..width=3", "name.x=1"):
+        with pytest.raises(InputError, match="wide.yml"):
+            load_option_file(opt_file, [bad])
 
 
 def test_nafnet_local_full_res_tiled_close(capsys):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ddr_restore.train.entry import main as train_main
+from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.train.options import (
     OptionsError,
     apply_overrides,
@@ -15,6 +16,7 @@ from ddr_restore.train.options import (
     load_options,
     parse_options,
     parse_override,
+    resume_changes,
     validate_options,
 )
 
@@ -216,3 +218,37 @@ def test_recipe_values_match_published_recipes():
     assert tr["mini_batch_sizes"] == [8, 5, 4, 2, 1, 1] and tr["gt_sizes"] == [128, 160, 192, 256, 320, 384]
     assert sum(tr["iters"]) == res["train"]["total_iter"] == 300000
     assert res["train"]["optim_g"] == {"type": "AdamW", "lr": 3e-4, "weight_decay": 1e-4, "betas": [0.9, 0.999]}
+
+
+def test_options_errors_are_user_errors(tmp_path, capsys, monkeypatch):
+    assert issubclass(OptionsError, InputError) and issubclass(OptionsError, ValueError)
+    with pytest.raises(MissingPathError, match="missing.yml"):
+        load_options(tmp_path / "missing.yml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        train_main(["-opt", "missing.yml"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == "ddr-train: error: option file not found: missing.yml\n"
+
+
+def test_resume_changes_split_sound_and_unsound_keys():
+    old = validate_options({**BASE, "manual_seed": 5})
+    new = validate_options(apply_overrides(old, [
+        "train.total_iter=20", "logger.print_freq=7", "val.val_freq=2", "datasets.val.length=3",
+        "datasets.train.num_worker_per_gpu=2", "manual_seed=~",
+        "train.scheduler.T_max=9", "network_g.width=16", "datasets.train.gt_size=64", "train.optim_g.lr=2e-3",
+    ]))
+    applied, refused = resume_changes(old, new)
+    assert [k for k, _, _ in applied] == ["datasets.train.num_worker_per_gpu", "datasets.val.length",
+                                          "logger.print_freq", "train.total_iter", "val.val_freq"]
+    assert refused == [("datasets.train.gt_size", 32, 64), ("network_g.width", 8, 16),
+                       ("train.optim_g.lr", 1e-3, 2e-3), ("train.scheduler.T_max", 10, 9)]
+    assert resume_changes(old, {**new, "manual_seed": 6})[1][0] == ("datasets.train.gt_size", 32, 64)
+    assert ("manual_seed", 5, 6) in resume_changes(old, {**new, "manual_seed": 6})[1]
+    # a key the saved options lack, at its schema default (written by an older version): not a change
+    older = copy.deepcopy(old)
+    del older["train"]["accumulate_grad_batches"]
+    assert resume_changes(older, old) == ([], [])
+    del older["train"]["use_grad_clip"]
+    assert resume_changes(older, apply_overrides(old, ["train.use_grad_clip=true"]))[1] == [
+        ("train.use_grad_clip", "(absent)", True)]

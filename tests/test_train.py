@@ -11,6 +11,7 @@ import torch
 import yaml
 from torch import nn
 
+from ddr_restore.errors import CheckpointError
 from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
 from ddr_restore.train import checkpoint as ckpt
 from ddr_restore.train.entry import main as train_main
@@ -114,6 +115,10 @@ def tiny_options(root: Path, **train_extra) -> dict:
     return opt
 
 
+class SimulatedKill(Exception):
+    """Stands in for SIGKILL: nothing is saved (unlike Ctrl-C, which saves the current iteration)."""
+
+
 class Recorder:
     def __init__(self, stop_at: int = 0) -> None:
         self.logs: Dict[int, Dict[str, float]] = {}
@@ -122,7 +127,7 @@ class Recorder:
     def __call__(self, iteration: int, logs: Dict[str, float]) -> None:
         self.logs[iteration] = logs
         if iteration == self.stop_at:
-            raise KeyboardInterrupt(f"simulated kill at iteration {iteration}")
+            raise SimulatedKill(f"simulated kill at iteration {iteration}")
 
 
 # ------------------------------------------------------------------------------------------------------- tests
@@ -166,8 +171,9 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_weights_only_loading_rejects_pickled_objects(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"params": {"w": torch.ones(1)}, "obj": Recorder()}, path)
-    with pytest.raises(RuntimeError, match="evil.pth"):
+    with pytest.raises(CheckpointError, match="evil.pth") as info:
         ckpt.safe_load(path)
+    assert "weights_only=False" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         ckpt.safe_load(tmp_path / "nope.pth")
 
@@ -189,7 +195,7 @@ def test_resume_repeats_uninterrupted_losses(tmp_path):
     res_full = train(tiny_options(tmp_path / "a"), iteration_callback=full)
 
     interrupted = Recorder(stop_at=5)  # checkpoints at 2 and 4; killed during iteration 5's bookkeeping
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedKill):
         train(tiny_options(tmp_path / "b"), iteration_callback=interrupted)
     resumed = Recorder()
     res = train(tiny_options(tmp_path / "b"), auto_resume=True, iteration_callback=resumed)
@@ -295,8 +301,18 @@ def test_end_to_end_cli_layout_and_tensorboard(tmp_path, monkeypatch, capsys):
     assert (exp / "visualization" / "000" / "000_2.png").is_file()
     from ddr_restore.imageio import read_image
 
-    strip = read_image(exp / "visualization" / "before_after.png")
-    assert strip.shape == (32, 96, 3)  # input | restored | target
+    fig = np.round(read_image(exp / "visualization" / "before_after.png") * 255).astype(np.uint8)
+    lq0 = np.round(read_image(tmp_path / "data" / "val" / "input" / "000.png") * 255).astype(np.uint8)
+    gt0 = np.round(read_image(tmp_path / "data" / "val" / "target" / "000.png") * 255).astype(np.uint8)
+    # row 1: input | restored | target at full size (the crop is outlined on the input); row 2: zoomed crops
+    width = fig.shape[1]
+    assert np.array_equal(fig[:32, width - 32:], gt0)
+    assert (fig[2:30, 2:30] == lq0[2:30, 2:30]).mean() > 0.5  # the outline covers the crop border only
+    zoomed_gt = fig[fig.shape[0] - 32:, width - 32:]
+    assert zoomed_gt.shape == (32, 32, 3) and fig.shape[0] > 64
+    crop = zoomed_gt[::2, ::2]  # 2x nearest zoom of a 16x16 crop of the target: find it in the target
+    assert np.array_equal(np.repeat(np.repeat(crop, 2, 0), 2, 1), zoomed_gt)
+    assert any(np.array_equal(gt0[t:t + 16, l:l + 16], crop) for t in range(17) for l in range(17))
     acc = EventAccumulator(str(exp / "tb_logger"))
     acc.Reload()
     tags = acc.Tags()["scalars"]

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from ddr_restore.data import paired, synthetic  # noqa: F401  (registration side effects)
 from ddr_restore.data.paired import PairedImageDataset
 from ddr_restore.data.synthetic import SyntheticMotionBlurDataset
+from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.registry import DATASET_REGISTRY
 
 __all__ = ["LOADER_KEYS", "build_dataset", "PairedImageDataset", "SyntheticMotionBlurDataset"]
@@ -31,10 +32,14 @@ def build_dataset(opt: Mapping[str, Any], phase: str) -> Any:
 
     Loader keys (``LOADER_KEYS``) and any ``phase`` key already in ``opt`` are dropped; the dataset gets
     ``phase="train"`` when ``phase`` is ``"train"`` and ``"val"`` for every other section (``val``, ``val_1``,
-    ``test_GoPro``, ...). ``opt`` is not modified. Errors name the option path ``datasets.<phase>``.
+    ``test_GoPro``, ...). ``opt`` is not modified. Errors name the option path ``datasets.<phase>``; data problems
+    found while building (missing folders, unpaired or bad files) raise ``InputError``/``MissingPathError``.
     """
     if not isinstance(opt, Mapping):
         raise TypeError(f"datasets.{phase}: expected a mapping of dataset options, got {type(opt).__name__}")
     cfg = {k: copy.deepcopy(v) for k, v in opt.items() if k not in LOADER_KEYS and k != "phase"}
     dataset_phase = "train" if phase == "train" else "val"
-    return DATASET_REGISTRY.build(cfg, where=f"datasets.{phase}", phase=dataset_phase)
+    try:
+        return DATASET_REGISTRY.build(cfg, where=f"datasets.{phase}", phase=dataset_phase)
+    except (InputError, MissingPathError) as err:
+        raise type(err)(f"datasets.{phase}: {err}") from err

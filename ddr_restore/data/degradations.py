@@ -17,6 +17,8 @@ from typing import Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ddr_restore.errors import InputError
+
 __all__ = [
     "motion_trajectory",
     "rasterize_trajectory",
@@ -51,7 +53,7 @@ def motion_trajectory(
         centripetal: strength of the pull back towards the starting point (keeps the path compact).
     """
     if n_points < 2:
-        raise ValueError(f"n_points must be >= 2, got {n_points}")
+        raise InputError(f"n_points must be >= 2, got {n_points}")
     pos = np.zeros((n_points, 2))
     angle = rng.uniform(0.0, 2.0 * math.pi)
     vel = np.array([math.cos(angle), math.sin(angle)])
@@ -77,7 +79,7 @@ def rasterize_trajectory(points: np.ndarray, size: int, extent: float) -> np.nda
     is non-negative and sums to 1.
     """
     if size < 3:
-        raise ValueError(f"kernel size must be >= 3, got {size}")
+        raise InputError(f"kernel size must be >= 3, got {size}")
     pts = np.asarray(points, dtype=np.float64)
     span = float(np.max(pts.max(axis=0) - pts.min(axis=0)))
     if span < 1e-12:
@@ -120,13 +122,13 @@ def odd_kernel_sizes(kernel_size: IntRange) -> np.ndarray:
     else:
         vals = list(kernel_size)
         if len(vals) != 2:
-            raise ValueError(f"kernel_size must be an int or a [min, max] pair, got {kernel_size!r}")
+            raise InputError(f"kernel_size must be an int or a [min, max] pair, got {kernel_size!r}")
         lo, hi = int(vals[0]), int(vals[1])
     if lo < 3 or hi < lo:
-        raise ValueError(f"kernel_size must satisfy 3 <= min <= max, got {kernel_size!r}")
+        raise InputError(f"kernel_size must satisfy 3 <= min <= max, got {kernel_size!r}")
     odd = np.arange(lo | 1, hi + 1, 2)
     if odd.size == 0:
-        raise ValueError(f"kernel_size range {kernel_size!r} contains no odd size")
+        raise InputError(f"kernel_size range {kernel_size!r} contains no odd size")
     return odd
 
 
@@ -159,7 +161,7 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """
     kernel = np.asarray(kernel, dtype=np.float32)
     if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-        raise ValueError(f"kernel must be a 2-D array with odd sizes, got shape {kernel.shape}")
+        raise InputError(f"kernel must be a 2-D array with odd sizes, got shape {kernel.shape}")
     src = np.ascontiguousarray(img, dtype=np.float32)
     out = cv2.filter2D(src, -1, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REFLECT)
     return out.reshape(src.shape)
@@ -168,7 +170,7 @@ def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Add i.i.d. Gaussian noise of standard deviation ``sigma`` (in [0,1] intensity units); no clipping."""
     if sigma < 0:
-        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+        raise InputError(f"noise sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return img.astype(np.float32, copy=True)
     return (img + rng.normal(0.0, sigma, img.shape)).astype(np.float32)
@@ -187,10 +189,10 @@ def sample_range(value: FloatRange, rng: np.random.Generator, name: str) -> floa
     else:
         vals = list(value)
         if len(vals) != 2:
-            raise ValueError(f"{name} must be a number or a [min, max] pair, got {value!r}")
+            raise InputError(f"{name} must be a number or a [min, max] pair, got {value!r}")
         lo, hi = float(vals[0]), float(vals[1])
     if lo < 0 or hi < lo:
-        raise ValueError(f"{name} must satisfy 0 <= min <= max, got {value!r}")
+        raise InputError(f"{name} must satisfy 0 <= min <= max, got {value!r}")
     return lo if lo == hi else float(rng.uniform(lo, hi))
 
 

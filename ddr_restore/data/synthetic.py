@@ -22,7 +22,8 @@ from ddr_restore.data.degradations import (
     synthesize_motion_blur,
 )
 from ddr_restore.data.transforms import augment
-from ddr_restore.imageio import img2tensor, list_images, read_image
+from ddr_restore.errors import InputError
+from ddr_restore.imageio import DATASET_HINT, check_image_files, check_policy, img2tensor, list_images, read_image
 from ddr_restore.registry import DATASET_REGISTRY
 
 __all__ = ["SyntheticMotionBlurDataset", "SKIMAGE_PHOTOS", "DEFAULT_TRAIN_PHOTOS", "DEFAULT_VAL_PHOTOS"]
@@ -40,7 +41,7 @@ def _load_skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 
     if name not in SKIMAGE_PHOTOS:
-        raise ValueError(f"unknown scikit-image photo {name!r}; available: {', '.join(SKIMAGE_PHOTOS)}")
+        raise InputError(f"unknown scikit-image photo {name!r}; available: {', '.join(SKIMAGE_PHOTOS)}")
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity)
         img = img[0]
@@ -65,7 +66,11 @@ class SyntheticMotionBlurDataset(torch.utils.data.Dataset):
         quantize: round the blurred image to 8 bits (as a saved PNG would be).
         images: scikit-image photo names (see ``SKIMAGE_PHOTOS``); default depends on the phase
             (``DEFAULT_TRAIN_PHOTOS`` / ``DEFAULT_VAL_PHOTOS``, disjoint).
-        dataroot_gt: a folder of sharp images to use instead of the scikit-image photos.
+        dataroot_gt: a folder of sharp images to use instead of the scikit-image photos. Every file's header is
+            checked first and all bad files are reported in one error.
+        gray, alpha: the project-wide file policy (:func:`ddr_restore.imageio.read_image`) for ``dataroot_gt``
+            files: ``gray: replicate`` accepts greyscale files, ``alpha: drop`` files with an alpha channel;
+            both are errors by default.
         use_hflip, use_rot: training augmentation (BasicSR semantics).
         scale: must be 1 (accepted because the trainer passes the top-level ``scale``).
         name, io_backend: accepted for BasicSR option compatibility (io_backend must be disk).
@@ -90,22 +95,25 @@ class SyntheticMotionBlurDataset(torch.utils.data.Dataset):
         scale: int = 1,
         name: Optional[str] = None,
         io_backend: Optional[Dict[str, Any]] = None,
+        gray: str = "error",
+        alpha: str = "error",
     ) -> None:
         super().__init__()
         if phase not in ("train", "val"):
-            raise ValueError(f"phase must be 'train' or 'val', got {phase!r}")
+            raise InputError(f"phase must be 'train' or 'val', got {phase!r}")
         if scale != 1:
-            raise ValueError(f"SyntheticMotionBlurDataset makes deblurring pairs only: scale must be 1, got {scale!r}")
+            raise InputError(f"SyntheticMotionBlurDataset makes deblurring pairs only: scale must be 1, got {scale!r}")
         if gt_size is not None and (isinstance(gt_size, bool) or not isinstance(gt_size, int) or gt_size < 1):
-            raise ValueError(f"gt_size must be a positive integer, got {gt_size!r}")
+            raise InputError(f"gt_size must be a positive integer, got {gt_size!r}")
         if phase == "train" and gt_size is None:
-            raise ValueError("gt_size is required for phase 'train' (the training patch size)")
+            raise InputError("gt_size is required for phase 'train' (the training patch size)")
         if io_backend is not None and dict(io_backend).get("type") != "disk":
-            raise ValueError(f"io_backend {io_backend!r} is not supported; use {{type: disk}}")
+            raise InputError(f"io_backend {io_backend!r} is not supported; use {{type: disk}}")
+        check_policy(gray, alpha)
         odd_kernel_sizes(kernel_size)  # validate now rather than in the first __getitem__
         sample_range(noise_sigma, np.random.default_rng(0), "noise_sigma")
         if images is not None and dataroot_gt is not None:
-            raise ValueError("give either images (scikit-image photos) or dataroot_gt (a folder), not both")
+            raise InputError("give either images (scikit-image photos) or dataroot_gt (a folder), not both")
 
         self.phase = phase
         self.gt_size = gt_size
@@ -122,26 +130,27 @@ class SyntheticMotionBlurDataset(torch.utils.data.Dataset):
             folder = Path(os.path.expanduser(str(dataroot_gt)))
             files = list_images(folder)
             if not files:
-                raise ValueError(f"no images in dataroot_gt folder {folder}")
+                raise InputError(f"no images in dataroot_gt folder {folder}")
+            check_image_files(files, gray=gray, alpha=alpha, hint=DATASET_HINT, what=f"image files in {folder}")
             for f in files:
-                self.photos.append((f.stem, read_image(f, gray="replicate", alpha="drop")))
+                self.photos.append((f.stem, read_image(f, gray=gray, alpha=alpha, hint=DATASET_HINT)))
         else:
             names = list(images) if images is not None else list(
                 DEFAULT_TRAIN_PHOTOS if phase == "train" else DEFAULT_VAL_PHOTOS
             )
             if not names:
-                raise ValueError("images must name at least one photo")
+                raise InputError("images must name at least one photo")
             for n in names:
                 self.photos.append((n, _load_skimage_photo(n)))
         if gt_size is not None:
             small = [f"{n} ({im.shape[1]}x{im.shape[0]})" for n, im in self.photos if min(im.shape[:2]) < gt_size]
             if small:
-                raise ValueError(f"images smaller than gt_size {gt_size} (WxH): {', '.join(small)}")
+                raise InputError(f"images smaller than gt_size {gt_size} (WxH): {', '.join(small)}")
 
         default_len = 1000 if phase == "train" else 2 * len(self.photos)
         self.length = default_len if length is None else int(length)
         if self.length < 1:
-            raise ValueError(f"length must be >= 1, got {length!r}")
+            raise InputError(f"length must be >= 1, got {length!r}")
         self._val_cache: Dict[int, Dict[str, Any]] = {}
 
     def __len__(self) -> int:

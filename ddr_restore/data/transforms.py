@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ddr_restore.errors import InputError
+
 __all__ = [
     "randint",
     "paired_random_crop",
@@ -32,7 +34,7 @@ def randint(high: int, generator: Optional[torch.Generator] = None) -> int:
 def _check_pair_sizes(lq: np.ndarray, gt: np.ndarray, scale: int, lq_name: str, gt_name: str) -> None:
     h, w = lq.shape[:2]
     if (h * scale, w * scale) != tuple(gt.shape[:2]):
-        raise ValueError(
+        raise InputError(
             f"size mismatch: {lq_name} is {w}x{h} (WxH) but {gt_name} is {gt.shape[1]}x{gt.shape[0]}; "
             f"expected the ground truth to be {w * scale}x{h * scale} (lq size x scale {scale})"
         )
@@ -50,15 +52,15 @@ def paired_random_crop(
     """Crop an aligned ``gt_size`` patch from ``gt`` and the matching ``gt_size // scale`` patch from ``lq``.
 
     The position is drawn on the lq grid and multiplied by ``scale`` so the two patches cover the same scene area.
-    Raises ValueError (naming the files) when sizes disagree or the image is smaller than the patch.
+    Raises InputError (a ValueError, naming the files) when sizes disagree or the image is smaller than the patch.
     """
     if gt_size % scale:
-        raise ValueError(f"gt_size {gt_size} must be a multiple of scale {scale}")
+        raise InputError(f"gt_size {gt_size} must be a multiple of scale {scale}")
     _check_pair_sizes(lq, gt, scale, lq_name, gt_name)
     lq_size = gt_size // scale
     h, w = lq.shape[:2]
     if h < lq_size or w < lq_size:
-        raise ValueError(
+        raise InputError(
             f"{gt_name} is {gt.shape[1]}x{gt.shape[0]} (WxH), smaller than gt_size {gt_size}"
             f" (lq {lq_name}: {w}x{h}); use a smaller gt_size or pad_to_gt_size: true"
         )
@@ -73,7 +75,7 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     """Centre ``size`` x ``size`` crop of an HWC array (top-left rounding down); raises if the image is smaller."""
     h, w = img.shape[:2]
     if h < size or w < size:
-        raise ValueError(f"image of {w}x{h} (WxH) is smaller than the centre crop {size}")
+        raise InputError(f"image of {w}x{h} (WxH) is smaller than the centre crop {size}")
     top, left = (h - size) // 2, (w - size) // 2
     return img[top : top + size, left : left + size]
 
@@ -83,12 +85,12 @@ def paired_center_crop(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Aligned centre crops: ``gt_size`` from ``gt`` and ``gt_size // scale`` from ``lq`` (position on the lq grid)."""
     if gt_size % scale:
-        raise ValueError(f"gt_size {gt_size} must be a multiple of scale {scale}")
+        raise InputError(f"gt_size {gt_size} must be a multiple of scale {scale}")
     _check_pair_sizes(lq, gt, scale, "lq", "gt")
     lq_size = gt_size // scale
     h, w = lq.shape[:2]
     if h < lq_size or w < lq_size:
-        raise ValueError(f"gt image of {w * scale}x{h * scale} (WxH) is smaller than the centre crop {gt_size}")
+        raise InputError(f"gt image of {w * scale}x{h * scale} (WxH) is smaller than the centre crop {gt_size}")
     top, left = (h - lq_size) // 2, (w - lq_size) // 2
     lq_patch = lq[top : top + lq_size, left : left + lq_size]
     gt_patch = gt[top * scale : (top + lq_size) * scale, left * scale : (left + lq_size) * scale]
@@ -145,12 +147,12 @@ def _positive_int_list(values: Sequence[int], name: str) -> List[int]:
     try:
         items = list(values)
     except TypeError:
-        raise ValueError(f"{name} must be a list of positive integers, got {values!r}") from None
+        raise InputError(f"{name} must be a list of positive integers, got {values!r}") from None
     if not items:
-        raise ValueError(f"{name} must not be empty")
+        raise InputError(f"{name} must not be empty")
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise ValueError(f"{name} must contain positive integers, got {v!r} in {items}")
+            raise InputError(f"{name} must contain positive integers, got {v!r} in {items}")
     return [int(v) for v in items]
 
 
@@ -166,12 +168,12 @@ def progressive_stage(
     batches = _positive_int_list(mini_batch_sizes, "mini_batch_sizes")
     sizes = _positive_int_list(gt_sizes, "gt_sizes")
     if not len(iters_l) == len(batches) == len(sizes):
-        raise ValueError(
+        raise InputError(
             f"iters, mini_batch_sizes and gt_sizes must have the same length, got {len(iters_l)}, "
             f"{len(batches)} and {len(sizes)}"
         )
     if isinstance(current_iter, bool) or not isinstance(current_iter, (int, np.integer)) or current_iter < 1:
-        raise ValueError(f"current_iter must be an integer >= 1, got {current_iter!r}")
+        raise InputError(f"current_iter must be an integer >= 1, got {current_iter!r}")
     for j, end in enumerate(itertools.accumulate(iters_l)):
         if current_iter <= end:
             return batches[j], sizes[j]
@@ -194,18 +196,18 @@ def progressive_crop(
     (more patch diversity than one shared position, at negligible cost).
     """
     if lq.dim() != 4 or gt.dim() != 4:
-        raise ValueError(f"progressive_crop expects (B,C,H,W) tensors, got lq {tuple(lq.shape)}, gt {tuple(gt.shape)}")
+        raise InputError(f"progressive_crop expects (B,C,H,W) tensors, got lq {tuple(lq.shape)}, gt {tuple(gt.shape)}")
     for value, name in ((batch, "batch"), (size, "size"), (scale, "scale")):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     if size % scale:
-        raise ValueError(f"size {size} must be a multiple of scale {scale}")
+        raise InputError(f"size {size} must be a multiple of scale {scale}")
     b, _, h, w = lq.shape
     if gt.shape[0] != b or tuple(gt.shape[2:]) != (h * scale, w * scale):
-        raise ValueError(f"lq {tuple(lq.shape)} and gt {tuple(gt.shape)} do not match for scale {scale}")
+        raise InputError(f"lq {tuple(lq.shape)} and gt {tuple(gt.shape)} do not match for scale {scale}")
     lq_size = size // scale
     if lq_size > h or lq_size > w:
-        raise ValueError(f"patch size {size} is larger than the loader's gt patches {w * scale}x{h * scale} (WxH)")
+        raise InputError(f"patch size {size} is larger than the loader's gt patches {w * scale}x{h * scale} (WxH)")
     keep = torch.randperm(b, generator=generator)[: min(batch, b)]
     lq_out, gt_out = [], []
     for i in keep.tolist():

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddr_restore.errors import CheckpointError, InputError, MissingPathError, UserError
+
 __all__ = [
     "load_option_file",
     "network_options",
@@ -44,25 +46,42 @@ _DEFAULT_TLC_SIZE = 256
 _ZERO_PAD_ARCHS = ("NAFNet",)
 
 
-def load_option_file(path: PathLike) -> Dict[str, Any]:
-    """Read a YAML option file with ``yaml.safe_load``; errors name the file.
+def _one_line(err: BaseException) -> str:
+    """A parser's message on one line (YAML errors span several, with a caret marker that means nothing here)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip() and line.strip() != "^")
+
+
+def load_option_file(path: PathLike, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read a YAML option file with ``yaml.safe_load`` and apply ``--set KEY.PATH=VALUE`` overrides to it.
+
+    The overrides are parsed and applied by the trainer's own functions
+    (:func:`ddr_restore.train.options.apply_overrides`), so ``ddr-eval --set`` means what ``train.py --set`` means.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid YAML or its top level is not a mapping.
+        MissingPathError: the file does not exist.
+        InputError: the file is not valid YAML, its top level is not a mapping, or an override is malformed.
     """
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"option file not found: {path}")
+        raise MissingPathError(f"option file not found: {path}")
     try:
         with open(path, "r", encoding="utf-8") as f:
             opt = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise ValueError(f"option file {path} is not valid YAML: {err}") from err
+        raise InputError(f"option file {path} is not valid YAML: {_one_line(err)}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"option file {path} is not a UTF-8 text file: {err}") from err
     if not isinstance(opt, dict):
-        raise ValueError(f"option file {path}: expected a mapping at the top level, got {type(opt).__name__}")
+        raise InputError(f"option file {path}: expected a mapping at the top level, got {type(opt).__name__}")
+    if overrides:
+        from ddr_restore.train.options import OptionsError, apply_overrides
+
+        try:
+            opt = apply_overrides(opt, list(overrides))
+        except OptionsError as err:  # a ValueError of the trainer's; one line, naming the file it applies to
+            raise InputError(f"{_one_line(err)} (applied to {path})") from err
     return opt
 
 
@@ -93,12 +112,12 @@ def network_options(
     """
     if network_opt is None:
         if opt is None:
-            raise ValueError("need an option file or a network_opt dict to know which network to build")
+            raise InputError("need an option file or a network_opt dict to know which network to build")
         if "network_g" not in opt:
-            raise KeyError(f"{where}: the option file has no 'network_g' section (keys: {', '.join(map(str, opt))})")
+            raise InputError(f"{where}: the option file has no 'network_g' section (keys: {', '.join(map(str, opt))})")
         network_opt = opt["network_g"]
     if not isinstance(network_opt, Mapping) or "type" not in network_opt:
-        raise ValueError(f"{where}: expected a mapping with a 'type' key, got {network_opt!r}")
+        raise InputError(f"{where}: expected a mapping with a 'type' key, got {network_opt!r}")
     net_opt = copy.deepcopy(dict(network_opt))
     arch = net_opt["type"]
     local_names = set(_TLC_VARIANTS.values())
@@ -122,41 +141,61 @@ def network_options(
 def load_checkpoint_state(
     checkpoint: PathLike, prefer_ema: bool = True, map_location: Union[str, torch.device] = "cpu"
 ) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Load the network weights of a checkpoint; returns ``(state_dict, key_used)``.
+    """Read the network weights of a checkpoint; returns ``(state_dict, key_used)``.
 
     Accepts the trainer's ``{"params": ..., "params_ema": ...}`` dicts (``params_ema`` is used when present
     and ``prefer_ema``) and bare state dicts (``key_used`` is then ``"<state_dict>"``). A leading
-    ``module.`` (DataParallel/DDP) is stripped. Loading uses ``weights_only=True``.
+    ``module.`` (DataParallel/DDP) is stripped. The file is read by the trainer's
+    :func:`ddr_restore.train.checkpoint.safe_load` (``weights_only=True``).
+
+    Raises:
+        MissingPathError: the file does not exist.
+        CheckpointError: the file cannot be read, or holds no network weights.
     """
+    state, key_used = _select_state(checkpoint, prefer_ema, map_location)
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return state, key_used
+
+
+def _select_state(
+    checkpoint: PathLike, prefer_ema: bool, map_location: Union[str, torch.device] = "cpu"
+) -> Tuple[Mapping[str, Any], str]:
+    """``(state dict as stored, key_used)`` of a checkpoint file; see :func:`load_checkpoint_state`."""
+    from ddr_restore.train.checkpoint import safe_load
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file, pickle with non-tensor objects, ...
-        raise ValueError(f"cannot load checkpoint {path}: {err}") from err
+    if not path.is_file():  # checked here too so that the error class does not depend on safe_load's version
+        raise MissingPathError(f"checkpoint file not found: {path}")
+    ckpt = safe_load(path, map_location=map_location)
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(ckpt).__name__}")
+        raise CheckpointError(f"checkpoint {path}: expected a dict of weights, got {type(ckpt).__name__}")
     order = ["params_ema", "params"] if prefer_ema else ["params", "params_ema"]
     key_used = next((k for k in order if k in ckpt), None)
     if key_used is not None:
         state = ckpt[key_used]
         if not isinstance(state, Mapping):
-            raise ValueError(f"checkpoint {path}: '{key_used}' is a {type(state).__name__}, not a state dict")
-    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        state, key_used = ckpt, "<state_dict>"
-    else:
-        raise KeyError(
-            f"checkpoint {path}: no 'params_ema' or 'params' key and not a bare state dict "
-            f"(top-level keys: {', '.join(map(str, list(ckpt)[:20]))})"
-        )
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    return state, key_used
+            raise CheckpointError(f"checkpoint {path}: '{key_used}' is a {type(state).__name__}, not a state dict")
+        return state, key_used
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt, "<state_dict>"
+    raise CheckpointError(
+        f"checkpoint {path}: no 'params_ema' or 'params' key and not a bare state dict "
+        f"(top-level keys: {', '.join(map(str, list(ckpt)[:20]))})"
+    )
 
 
-def _format_keys(keys: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+def _build_network(net_opt: Mapping[str, Any], where: str) -> nn.Module:
+    """``ARCH_REGISTRY.build`` with its option errors (unknown type, bad keyword) turned into one-line user errors."""
+    from ddr_restore.registry import ARCH_REGISTRY
+
+    try:
+        return ARCH_REGISTRY.build(dict(net_opt), where=where)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        # The registry names the option path in its messages; KeyError would quote them, so take args[0].
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise InputError(str(message)) from err
 
 
 def load_restoration_model(
@@ -166,6 +205,7 @@ def load_restoration_model(
     prefer_ema: bool = True,
     tlc: bool = True,
     device: Union[str, torch.device] = "cpu",
+    overrides: Sequence[str] = (),
 ) -> nn.Module:
     """Build ``network_g`` for testing and load its trained weights.
 
@@ -177,31 +217,37 @@ def load_restoration_model(
         tlc: NAFNet is built as ``NAFNetLocal`` (TLC; ``train_size`` from ``datasets.train.gt_size``, default
             256); ``False`` builds plain ``NAFNet`` even if the option file names ``NAFNetLocal``.
         device: where to put the network.
+        overrides: ``KEY.PATH=VALUE`` strings applied to the option file first (``--set`` of the trainer).
 
     Returns:
         The network in eval mode with ``requires_grad`` off. Attributes ``ddr_checkpoint_key`` (the key
         loaded) and ``ddr_network_opt`` (the dict built) record what was done.
 
     Raises:
-        FileNotFoundError / ValueError / KeyError naming the file or key; a RuntimeError listing missing and
-        unexpected parameter names when the checkpoint does not fit the network.
+        MissingPathError / InputError naming the file or key; CheckpointError (from
+        :func:`ddr_restore.train.checkpoint.load_network`) naming the option file, the checkpoint and the first
+        mismatched tensors when the checkpoint does not fit the network.
     """
-    from ddr_restore.registry import ARCH_REGISTRY
+    from ddr_restore.train.checkpoint import load_network
 
-    opt = load_option_file(option_file) if option_file is not None else None
+    opt = load_option_file(option_file, overrides) if option_file is not None else None
     where = f"{option_file}: network_g" if option_file is not None else "network_g"
     net_opt = network_options(opt, network_opt, tlc=tlc, where=where)
-    net = ARCH_REGISTRY.build(net_opt, where=where)
+    net = _build_network(net_opt, where)
     key_used = "<random init>"
     if checkpoint is not None:
-        state, key_used = load_checkpoint_state(checkpoint, prefer_ema=prefer_ema, map_location="cpu")
-        result = net.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise RuntimeError(
-                f"checkpoint {checkpoint} ('{key_used}') does not fit {net_opt['type']} built from {where}: "
-                f"missing keys [{_format_keys(result.missing_keys)}]; "
-                f"unexpected keys [{_format_keys(result.unexpected_keys)}]"
-            )
+        _, key_used = _select_state(checkpoint, prefer_ema)
+        # The trainer's loader does the strict load and explains a mismatch in one paragraph; NAFNet and
+        # NAFNetLocal share one state dict, so the TLC switch never causes a mismatch.
+        try:
+            load_network(net, checkpoint, param_key=None if key_used == "<state_dict>" else key_used, strict=True,
+                         options_file=option_file)
+        except CheckpointError as err:
+            if not overrides:
+                raise
+            # The network was built from the option file *and* the overrides; say so, or the shapes look wrong.
+            raise CheckpointError(f"{err} (network options: {option_file} with --set "
+                                  f"{' '.join(overrides)})") from err
     else:
         logger.warning("no checkpoint given: %s keeps its RANDOM initialisation", net_opt["type"])
     net.eval().requires_grad_(False)
@@ -224,7 +270,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
     stride does not divide it; a single tile when ``length <= tile``.
     """
     if tile <= 0 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"need 0 <= tile_overlap < tile, got tile={tile}, tile_overlap={overlap}")
+        raise InputError(f"need 0 <= tile_overlap < tile, got tile={tile}, tile_overlap={overlap}")
     if length <= tile:
         return [0]
     stride = tile - overlap
@@ -271,7 +317,7 @@ def _autocast_dtype(amp: Optional[str], device: torch.device) -> Optional[torch.
         return None
     dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if amp not in dtypes:
-        raise ValueError(f"amp must be one of None, 'bf16', 'fp16'; got {amp!r}")
+        raise InputError(f"amp must be one of None, 'bf16', 'fp16'; got {amp!r}")
     if device.type != "cuda":
         # Autocast on CPU changes numerics for little gain; the evaluation protocol is fp32 there.
         logger.warning("amp=%r ignored on %s: CPU inference runs in fp32", amp, device.type)
@@ -335,7 +381,7 @@ def restore(
     if pad_mode is None:
         pad_mode = _default_pad_mode(net)
     if pad_mode not in ("reflect", "replicate", "zeros"):
-        raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'zeros', got {pad_mode!r}")
+        raise InputError(f"pad_mode must be 'reflect', 'replicate' or 'zeros', got {pad_mode!r}")
     param = next(iter(net.parameters()), None)
     device = param.device if param is not None else x.device
     autocast_dtype = _autocast_dtype(amp, device)
@@ -360,7 +406,7 @@ def restore(
         else:
             tile_eff = max(multiple, (int(tile) // multiple) * multiple)
             if tile_overlap < 0 or 2 * tile_overlap >= tile_eff:
-                raise ValueError(
+                raise InputError(
                     f"tile_overlap must be >= 0 and < tile/2 (tile {tile} -> {tile_eff} after rounding to a "
                     f"multiple of {multiple}), got {tile_overlap}"
                 )

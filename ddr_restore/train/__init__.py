@@ -9,12 +9,12 @@ Library use::
 from ddr_restore.train.options import OptionsError, load_options, parse_options, validate_options
 
 __all__ = ["OptionsError", "load_options", "parse_options", "validate_options", "train", "TrainResult",
-           "TrainingDivergedError"]
+           "TrainingDivergedError", "TrainingInterrupted"]
 
 
 def __getattr__(name: str):
     # The trainer pulls in the registries (archs, losses, data); load it only when asked.
-    if name in ("train", "TrainResult", "TrainingDivergedError", "Trainer"):
+    if name in ("train", "TrainResult", "TrainingDivergedError", "TrainingInterrupted", "Trainer"):
         from ddr_restore.train import trainer
 
         return getattr(trainer, name)

@@ -10,11 +10,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["setup_text_logger", "MetricWriter", "Progress", "LOGGER_NAME"]
+__all__ = ["setup_text_logger", "close_text_logger", "log_to_file_only", "MetricWriter", "Progress", "LOGGER_NAME",
+           "before_after_image", "detailed_crop"]
 
 LOGGER_NAME = "ddr_restore.train"
 
@@ -57,6 +58,22 @@ def close_text_logger() -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+
+
+def log_to_file_only(message: str, level: int = logging.ERROR, exc_info: Any = None) -> bool:
+    """Write one record (with an optional traceback) to the run's log file only, not to the console.
+
+    Used for the traceback of an error whose one-line message the console already shows. Returns False when no
+    log file is open.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return False
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, (), exc_info)
+    for handler in files:
+        handler.handle(record)
+    return True
 
 
 class MetricWriter:
@@ -127,3 +144,111 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# ------------------------------------------------------------------------------------------ before/after image
+_GAP = 4  # white pixels between panels and rows
+
+
+def detailed_crop(img: np.ndarray, crop_h: int, crop_w: int) -> Tuple[int, int]:
+    """(top, left) of the ``crop_h`` x ``crop_w`` window of ``img`` (HWC uint8) with the most edge energy.
+
+    Edges are where blur and its removal show; a flat patch (sky, wall) would make input and output look alike.
+    Windows are tried on a grid of a quarter crop; ties go to the one nearest the centre.
+    """
+    h, w = img.shape[:2]
+    crop_h, crop_w = min(crop_h, h), min(crop_w, w)
+    gray = img.astype(np.float64).mean(axis=2) if img.ndim == 3 else img.astype(np.float64)
+    energy = np.zeros((h, w))
+    energy[:, 1:] += np.abs(np.diff(gray, axis=1))
+    energy[1:, :] += np.abs(np.diff(gray, axis=0))
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    step_y, step_x = max(1, crop_h // 4), max(1, crop_w // 4)
+    best, best_key = (0, 0), None
+    for top in list(range(0, h - crop_h + 1, step_y)) + [h - crop_h]:
+        for left in list(range(0, w - crop_w + 1, step_x)) + [w - crop_w]:
+            total = (integral[top + crop_h, left + crop_w] - integral[top, left + crop_w]
+                     - integral[top + crop_h, left] + integral[top, left])
+            off_centre = abs(top + crop_h / 2 - h / 2) + abs(left + crop_w / 2 - w / 2)
+            key = (round(total, 6), -off_centre)
+            if best_key is None or key > best_key:
+                best, best_key = (top, left), key
+    return best
+
+
+def _label(panel: np.ndarray, text: str) -> np.ndarray:
+    """Write ``text`` in the top-left corner on a dark box (skipped for panels too small to hold it)."""
+    import cv2
+
+    h, w = panel.shape[:2]
+    scale = max(0.35, min(1.0, w / 640))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    if tw + 8 > w or th + base + 8 > h // 3:
+        return panel
+    out = panel.copy()
+    out[: th + base + 6, : tw + 8] = (out[: th + base + 6, : tw + 8] * 0.35).astype(np.uint8)
+    cv2.putText(out, text, (4, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def before_after_image(panels: Sequence[np.ndarray], labels: Sequence[str] = (), max_width: int = 1536,
+                       zoom: int = 3) -> np.ndarray:
+    """A before/after figure: the full images side by side, and below them the same detailed crop, zoomed.
+
+    Args:
+        panels: HWC uint8 RGB images, e.g. (input, restored, target); resized (nearest) to the last one's size
+            when they differ (super-resolution inputs).
+        labels: optional text drawn in the corner of each full panel (e.g. "input 26.01 dB").
+        max_width: the full row is scaled down (area interpolation) to at most this width.
+        zoom: nearest-neighbour magnification of the crop row (2 when the image is too small for 3).
+
+    Returns:
+        An HWC uint8 image: row 1 the full panels (the crop marked on the first), row 2 the crop of each panel
+        at ``zoom`` x, each as wide as a full panel; white gaps between panels and rows. Images under 32 px wide
+        get the full row only.
+    """
+    import cv2
+
+    h, w = panels[-1].shape[:2]
+    same = [p if p.shape[:2] == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST) for p in panels]
+    same = [np.repeat(p, 3, axis=2) if p.ndim == 3 and p.shape[2] == 1 else p for p in same]
+    n = len(same)
+    panel_w = min(w, max(16, (max_width - _GAP * (n - 1)) // n))
+    panel_h = max(1, round(h * panel_w / w))
+    full = [p if panel_w == w else cv2.resize(p, (panel_w, panel_h), interpolation=cv2.INTER_AREA) for p in same]
+    rows: List[np.ndarray] = []
+    if w >= 32:
+        z = zoom if w // zoom >= 16 and h // zoom >= 16 else 2
+        # the crop, in original pixels, that fills one panel at z x (its last row/column cut to the panel size)
+        crop_w, crop_h = min(w, -(-panel_w // z)), min(h, -(-panel_h // z))
+        top, left = detailed_crop(same[-1], crop_h, crop_w)
+        crops = [np.repeat(np.repeat(p[top:top + crop_h, left:left + crop_w], z, axis=0), z, axis=1)[:panel_h, :panel_w]
+                 for p in same]
+        # mark the crop on the first full panel (in its possibly scaled coordinates)
+        f = panel_w / w
+        x0, y0 = int(left * f), int(top * f)
+        x1, y1 = int((left + crop_w) * f) - 1, int((top + crop_h) * f) - 1
+        full[0] = full[0].copy()
+        cv2.rectangle(full[0], (x0, y0), (max(x0, x1), max(y0, y1)), (255, 255, 0), 1)
+        rows.append(_row(crops))
+    full = [_label(p, t) for p, t in zip(full, labels)] + full[len(labels):]
+    rows.insert(0, _row(full))
+    width = max(r.shape[1] for r in rows)
+    rows = [r if r.shape[1] == width else np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+            for r in rows]
+    out = rows[0]
+    for r in rows[1:]:
+        out = np.concatenate([out, np.full((_GAP, width, 3), 255, np.uint8), r], axis=0)
+    return out
+
+
+def _row(images: Sequence[np.ndarray]) -> np.ndarray:
+    h = max(im.shape[0] for im in images)
+    parts: List[np.ndarray] = []
+    for i, im in enumerate(images):
+        if im.shape[0] < h:
+            im = np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255)
+        if i:
+            parts.append(np.full((h, _GAP, 3), 255, np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=1)

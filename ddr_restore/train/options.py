@@ -13,6 +13,22 @@ Key names follow BasicSR (``docs/Config.md``); see :data:`SCHEMA` for the full l
   wherever it is started from. The run folder is ``<experiments_root>/<name>``.
 * ``--set a.b=VALUE`` replaces BasicSR's ``--force_yml`` (which used ``exec``/``eval``): VALUE is parsed with
   ``yaml.safe_load``.
+
+Option changes on resume (:func:`resume_changes`). Every training state stores the resolved options it was
+trained with (older states: the option file copied into the experiment folder is read instead). When a run is
+resumed, the new options are compared with those, key by key:
+
+* applied (logged as ``old -> new``): ``train.total_iter`` (above the checkpoint's iteration), everything under
+  ``logger`` and ``val``, the validation sets ``datasets.val*``, the loader's speed settings
+  ``datasets.train.{num_worker_per_gpu, pin_memory, persistent_workers, prefetch_mode}`` (the data order and
+  per-sample seeds do not depend on them), process placement (``num_gpu``, ``dist_params``,
+  ``find_unused_parameters``), ``path.*`` (the weights come from the checkpoint), ``name``, ``model_type``,
+  ``is_train``; ``manual_seed: null`` takes the checkpoint's seed.
+* refused, with one message listing every differing key: ``network_g``, ``scale``, ``manual_seed`` (another
+  number), every other ``train.*`` key (optimizer, scheduler, warm-up, EMA, clipping, accumulation, AMP, losses)
+  and every other ``datasets.train`` key (data, crops, batch size, sampling). Changing them mid-run would make a
+  run that is neither the old one nor the new one (BasicSR silently keeps the old optimizer and scheduler state);
+  start a new experiment (another ``name``, optionally ``path.pretrain_network_g``) instead.
 """
 from __future__ import annotations
 
@@ -29,6 +45,7 @@ import yaml
 
 # datasets.<phase> keys consumed by the trainer/loader (defined with the datasets); the rest go to the dataset.
 from ddr_restore.data import LOADER_KEYS
+from ddr_restore.errors import InputError, MissingPathError
 
 __all__ = [
     "OptionsError",
@@ -41,11 +58,19 @@ __all__ = [
     "parse_override",
     "validate_options",
     "dump_options",
+    "flatten_options",
+    "plain_options",
+    "resume_changes",
+    "RESUME_MUTABLE",
 ]
 
 
-class OptionsError(ValueError):
-    """A problem in the training options; the message starts with the dotted key path."""
+class OptionsError(InputError):
+    """A problem in the training options; the message starts with the dotted key path.
+
+    A user error (:class:`ddr_restore.errors.InputError`, hence also a ``ValueError``): console scripts print it as
+    one message and exit with status 2.
+    """
 
 
 MODEL_TYPE_ALIASES = ("DDRModel", "ImageRestorationModel", "SRModel", "ImageCleanModel")
@@ -254,7 +279,7 @@ def load_options(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read an option YAML file (``yaml.safe_load``); errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"option file not found: {path}")
+        raise MissingPathError(f"option file not found: {path}")
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -479,6 +504,11 @@ def dump_options(opt: Mapping[str, Any], path: Union[str, os.PathLike], header: 
     return path
 
 
+def plain_options(opt: Mapping[str, Any]) -> Dict[str, Any]:
+    """Options as plain YAML/``weights_only``-safe data: str keys, lists, non-finite floats as strings."""
+    return _plain(opt)
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
@@ -487,3 +517,73 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------- changes on resume
+# Dotted-key patterns (fnmatch) that may change when a run is resumed; see the module docstring for the reasons.
+RESUME_MUTABLE: Tuple[str, ...] = (
+    "train.total_iter",
+    "logger", "logger.*",
+    "val", "val.*",
+    "datasets.val*",
+    "datasets.train.num_worker_per_gpu", "datasets.train.pin_memory", "datasets.train.persistent_workers",
+    "datasets.train.prefetch_mode",
+    "num_gpu", "dist_params", "dist_params.*", "find_unused_parameters",
+    "path", "path.*",
+    "name", "model_type", "is_train",
+)
+
+_ABSENT = "(absent)"
+
+
+def flatten_options(opt: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are values; an empty mapping is kept as ``{}``."""
+    if isinstance(opt, Mapping) and opt:
+        out: Dict[str, Any] = {}
+        for key, value in opt.items():
+            out.update(flatten_options(value, f"{prefix}{key}."))
+        return out
+    value = _plain(opt)
+    return {prefix[:-1]: dict(value) if isinstance(value, Mapping) else value}
+
+
+def _schema_default(key: str) -> Any:
+    """The schema default of a dotted key (``_MISSING`` when it has none or the key is not in the schema)."""
+    node: Optional[Key] = None
+    children: Optional[Mapping[str, Key]] = SCHEMA
+    for part in key.split("."):
+        if node is not None and node.entry is not None:
+            node, children = node.entry, node.entry.children
+            continue
+        if children is None or part not in children:
+            return _MISSING
+        node = children[part]
+        children = node.children
+    return node.default if node is not None else _MISSING
+
+
+def _mutable(key: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_MUTABLE)
+
+
+def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Tuple[List[Tuple[str, Any, Any]],
+                                                                            List[Tuple[str, Any, Any]]]:
+    """Compare the options a checkpoint was trained with (``saved``) with the resumed run's (``new``).
+
+    Returns ``(applied, refused)``: lists of ``(dotted key, old value, new value)``; a key missing on one side has
+    the value ``"(absent)"``. ``manual_seed: null`` in ``new`` is not a change (the checkpoint's seed is used).
+    See the module docstring for which keys may change.
+    """
+    old_flat, new_flat = flatten_options(saved), flatten_options(new)
+    applied: List[Tuple[str, Any, Any]] = []
+    refused: List[Tuple[str, Any, Any]] = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        old, value = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+        if old == value or (key == "manual_seed" and value in (None, _ABSENT)):
+            continue
+        if _ABSENT in (old, value) and (value if old == _ABSENT else old) == _schema_default(key):
+            continue  # a key with its default that one side's version of the schema did not have yet
+        (applied if _mutable(key) else refused).append((key, old, value))
+    return applied, refused

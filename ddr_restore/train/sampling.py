@@ -15,13 +15,16 @@ Design (what makes ``--auto_resume`` continue exactly like an uninterrupted run)
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Iterator, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
+from ddr_restore.errors import InputError
+
+__all__ = ["ResumableSampler", "SeededDataset", "sample_seed", "ignore_sigint_in_worker"]
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -43,7 +46,7 @@ class ResumableSampler(Sampler):
     def __init__(self, dataset_len: int, seed: int, rank: int = 0, world_size: int = 1, enlarge_ratio: int = 1,
                  shuffle: bool = True) -> None:
         if dataset_len <= 0:
-            raise ValueError("the training dataset is empty")
+            raise InputError("datasets.train: the training dataset is empty")
         self.dataset_len = dataset_len
         self.seed = int(seed)
         self.rank = rank
@@ -100,3 +103,12 @@ class SeededDataset(Dataset):
             random.setstate(py_state)
             np.random.set_state(np_state)
             torch.set_rng_state(torch_state)
+
+
+def ignore_sigint_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore Ctrl-C (SIGINT reaches the whole foreground process group).
+
+    The main process stops at the end of the current iteration and saves a checkpoint; a worker that died on the
+    same Ctrl-C would make that iteration fail instead. The workers are shut down by the loader afterwards.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
