@@ -59,6 +59,8 @@ class PSNRLoss(nn.Module):
     cancels in the difference, so this is the Y-channel PSNR on the usual 255-peak scale, divided by 255.
     """
 
+    requires_target = True
+
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", toY: bool = False) -> None:  # noqa: N803
         super().__init__()
         self.loss_weight = float(loss_weight)
@@ -81,6 +83,8 @@ class PSNRLoss(nn.Module):
 class L1Loss(nn.Module):
     """``loss_weight * |pred - target|`` reduced by ``reduction`` ("none", "mean", "sum")."""
 
+    requires_target = True
+
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean") -> None:
         super().__init__()
         self.loss_weight = float(loss_weight)
@@ -99,6 +103,8 @@ class CharbonnierLoss(nn.Module):
     ``eps`` enters squared (the MPRNet/Restormer convention, eps=1e-3), unlike BasicSR's ``CharbonnierLoss``
     which adds ``eps`` unsquared with eps=1e-12.
     """
+
+    requires_target = True
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", eps: float = 1e-3) -> None:
         super().__init__()
