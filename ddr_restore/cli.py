@@ -1,7 +1,29 @@
 """Console scripts. Each is a thin wrapper: the work is done by a library function a user can call from Python."""
 from __future__ import annotations
 
+import argparse
 from typing import Optional, Sequence
+
+__all__ = ["version_text", "add_version_argument", "add_debug_argument", "train_main", "score_main", "eval_main",
+           "fetch_lpips_main"]
+
+
+def version_text(prog: str) -> str:
+    """The ``--version`` line of a console script: ``"<prog> (ddr_restore) <version>"``."""
+    from ddr_restore import __version__
+
+    return f"{prog} (ddr_restore) {__version__}"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--version`` (prints :func:`version_text` of the parser's prog and exits 0) to ``parser``."""
+    parser.add_argument("--version", action="version", version=version_text(parser.prog),
+                        help="print the program's version and exit")
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--debug``: show the traceback of a user error (default: one ``prog: error: ...`` line, exit 2)."""
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> None:

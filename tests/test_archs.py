@@ -288,3 +288,40 @@ def test_gradient_checkpointing_gives_same_gradients(cls):
     b(x).square().mean().backward()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
+# ---------------------------------------------------------------- option checking of NAFNetLocal (issue 7, item 6)
+def test_nafnet_local_arguments_are_checked_like_nafnet():
+    """A typo in a NAFNetLocal option is a one-line "unknown key (accepted: ...)" error, as for NAFNet/Restormer."""
+    import copy
+    import inspect
+
+    from ddr_restore.train.options import OptionsError, validate_options
+
+    # Every NAFNet argument is an explicit NAFNetLocal argument (no **kwargs hiding them from the option check).
+    local = inspect.signature(NAFNetLocal).parameters
+    assert not any(p.kind is p.VAR_KEYWORD or p.kind is p.VAR_POSITIONAL for p in local.values())
+    assert set(inspect.signature(NAFNet).parameters) | {"train_size", "fast_imp"} == set(local)
+
+    base = {
+        "name": "tlc_typo", "model_type": "ImageRestorationModel", "num_gpu": 0, "manual_seed": 1,
+        "datasets": {"train": {"name": "t", "type": "SyntheticMotionBlurDataset", "gt_size": 32,
+                               "batch_size_per_gpu": 2}},
+        "network_g": {"type": "NAFNetLocal", "width": 8, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1],
+                      "train_size": [1, 3, 32, 32]},
+        "train": {"optim_g": {"type": "AdamW", "lr": 1e-3}, "total_iter": 2,
+                  "pixel_opt": {"type": "PSNRLoss", "loss_weight": 1.0}},
+        "logger": {"print_freq": 1, "save_checkpoint_freq": 2, "use_tb_logger": False},
+    }
+    validate_options(copy.deepcopy(base))  # the correct spelling passes
+    for arch in ("NAFNetLocal", "NAFNet"):
+        opt = copy.deepcopy(base)
+        opt["network_g"]["type"] = arch
+        opt["network_g"].pop("train_size")
+        opt["network_g"]["enc_blk_num"] = opt["network_g"].pop("enc_blk_nums")
+        with pytest.raises(OptionsError) as info:
+            validate_options(opt)
+        assert f"network_g.enc_blk_num: unknown key for {arch} (accepted: " in str(info.value)
+        assert "enc_blk_nums" in str(info.value)
+    local_net = NAFNetLocal(**TINY_NAF, train_size=(1, 3, 32, 32))
+    assert NAFNet(**TINY_NAF).state_dict().keys() == local_net.state_dict().keys()

@@ -286,7 +286,8 @@ def photo_dir(tmp_path):
 
 def test_cli_scores_folder_and_csv(ddr, bundle, photo_dir, monkeypatch, capsys):
     folder, imgs = photo_dir
-    monkeypatch.setattr(descriptor_module, "load_clip", lambda backbone, pretrained: bundle)  # reuse the fixture CLIP
+    # Reuse the fixture CLIP instead of building another one.
+    monkeypatch.setattr(descriptor_module, "load_clip", lambda backbone, pretrained, switch_hint=None: bundle)
     out_csv = folder.parent / "scores.csv"
     assert score_main([str(folder), "--csv", str(out_csv), "--pretrained", "none", "--no-progress"]) == 0
     captured = capsys.readouterr()
@@ -320,18 +321,22 @@ def test_score_bad_files(ddr, photo_dir, monkeypatch, bundle, capsys):
         score_paths([folder], ddr=ddr, progress=False)
     with pytest.raises(ValueError, match="grey.png.*greyscale"):
         score_paths([folder / "grey.png"], ddr=ddr, progress=False)
-    with pytest.raises(ValueError, match="rgba.png.*RGBA"):
+    with pytest.raises(ValueError, match="rgba.png.*4 channels"):
         score_paths([folder / "rgba.png"], ddr=ddr, progress=False)
     pair = [folder / "grey.png", folder / "rgba.png"]
     rows = score_paths(pair, ddr=ddr, gray="replicate", alpha="drop", progress=False)
     assert all(r["error"] == "" and r["q_ddr"] is not None for r in rows)
 
-    monkeypatch.setattr(descriptor_module, "load_clip", lambda backbone, pretrained: bundle)
+    monkeypatch.setattr(descriptor_module, "load_clip", lambda backbone, pretrained, switch_hint=None: bundle)
     with pytest.raises(SystemExit) as exc:
         score_main([str(folder), "--pretrained", "none", "--no-progress"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "3 of 6 file(s)" in err and "broken.png" in err and "grey.png" in err and "rgba.png" in err
+    # A refused grey / RGBA file names the ddr-score flag that accepts it (regression: it did not).
+    lines = {name: next(line for line in err.splitlines() if f"{name}:" in line) for name in ("grey.png", "rgba.png")}
+    assert "--gray replicate" in lines["grey.png"] and "--alpha drop" in lines["rgba.png"]
+    assert "Python" not in lines["grey.png"] + lines["rgba.png"]  # the command line's words, not the library's
     with pytest.raises(SystemExit) as exc:
         score_main([str(folder / "missing.png"), "--pretrained", "none"])
     assert exc.value.code == 2 and "missing.png" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from ddr_restore.ddr.clip_backend import (
     resolve_pretrained,
 )
 from ddr_restore.ddr.descriptor import DDR
+from ddr_restore.errors import CheckpointError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # CLIP tests run single-threaded (conftest)
@@ -74,7 +75,8 @@ def test_offline_tag_fails_fast_with_instructions(tmp_path):
     env.pop(ENV_CHECKPOINT, None)
     code = (
         "from ddr_restore.ddr.clip_backend import load_clip\n"
-        "try:\n    load_clip('ViT-B-32', 'openai')\nexcept RuntimeError as e:\n    print('ERR', e)\n"
+        "from ddr_restore.ddr.clip_backend import ClipWeightsUnavailableError\n"
+        "try:\n    load_clip('ViT-B-32', 'openai')\nexcept ClipWeightsUnavailableError as e:\n    print('ERR', e)\n"
     )
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -141,8 +143,12 @@ def test_bad_checkpoints(tmp_path):
         load_clip("ViT-B-32", str(wrong))
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth"):
         load_checkpoint_into(tiny_clip(1), garbage)
+    damaged = tmp_path / "damaged.safetensors"  # the safetensors reader's own error type is caught too
+    damaged.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="damaged.safetensors"):
+        load_checkpoint_into(tiny_clip(1), damaged)
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": _Unsafe()}, evil)
     with pytest.raises(ValueError, match="evil.pt"):  # weights_only=True refuses arbitrary objects
@@ -151,3 +157,16 @@ def test_bad_checkpoints(tmp_path):
 
 class _Unsafe:
     pass
+
+
+def test_random_clip_is_seeded_and_leaves_the_global_rng_alone():
+    """pretrained='none' gives the same weights whatever the caller's RNG state, and does not consume it."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    first = load_clip("ViT-B-32", "none")
+    assert torch.equal(torch.rand(4), expected_next)  # the caller's random stream is where it was
+    torch.manual_seed(999)
+    second = load_clip("ViT-B-32", "none")
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

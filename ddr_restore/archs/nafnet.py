@@ -7,7 +7,7 @@ released NAFNet weights load with ``strict=True``. Only ``torch`` is imported so
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -262,20 +262,29 @@ class NAFNetLocal(NAFNet):
     1280x720 GoPro frames) statistics stay local, as during training on crops.
 
     Args:
+        img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums, drop_out_rate, use_checkpoint: as in
+            :class:`NAFNet` (spelled out, not ``**kwargs``, so option files are checked against them up front).
         train_size: (N, C, H, W) (or (H, W)) of the training crops.
         fast_imp: accepted for option-file compatibility; the exact cumulative-sum pool used here is already
             O(HW), so ``True`` only emits a warning and uses it.
-        **kwargs: the ``NAFNet`` arguments.
     """
 
     def __init__(
         self,
-        *args: Any,
+        img_channel: int = 3,
+        width: int = 16,
+        middle_blk_num: int = 1,
+        enc_blk_nums: Sequence[int] = (1, 1, 1, 28),
+        dec_blk_nums: Sequence[int] = (1, 1, 1, 1),
+        drop_out_rate: float = 0.0,
+        use_checkpoint: bool = False,
         train_size: Sequence[int] = (1, 3, 256, 256),
         fast_imp: bool = False,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            img_channel=img_channel, width=width, middle_blk_num=middle_blk_num, enc_blk_nums=enc_blk_nums,
+            dec_blk_nums=dec_blk_nums, drop_out_rate=drop_out_rate, use_checkpoint=use_checkpoint,
+        )
         train_size = tuple(train_size)
         if len(train_size) not in (2, 4) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                                 for v in train_size):

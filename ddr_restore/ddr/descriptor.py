@@ -85,6 +85,9 @@ class DDR(nn.Module):
         autocast: on CUDA, encode images under fp16 autocast.
         clip: an already loaded :class:`ClipBundle` to share between instances (then backbone/pretrained are
             ignored).
+        switch_hint: how the caller's users choose ``pretrained``, named in the error raised when the weights are
+            unavailable: a flag (``"--pretrained"``), an option-file key (``"train.ddr_opt.pretrained"``), or None
+            (this ``pretrained=`` argument). See :class:`~ddr_restore.ddr.clip_backend.ClipWeightsUnavailableError`.
     """
 
     pretrained_is_random: bool
@@ -100,12 +103,13 @@ class DDR(nn.Module):
         check_range: bool = True,
         autocast: bool = False,
         clip: Optional[ClipBundle] = None,
+        switch_hint: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.degradations: Tuple[str, ...] = resolve_degradations(degradations)
         if nonsquare not in _NONSQUARE:
             raise ValueError(f"nonsquare must be one of {', '.join(_NONSQUARE)}, got {nonsquare!r}")
-        bundle = clip if clip is not None else load_clip(backbone, pretrained)
+        bundle = clip if clip is not None else load_clip(backbone, pretrained, switch_hint=switch_hint)
         self.clip_model = freeze(bundle.model)
         self.model_name = bundle.model_name
         self.source = bundle.source

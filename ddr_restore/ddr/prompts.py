@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple, Union
 
+from ddr_restore.errors import InputError
+
 __all__ = ["PROMPTS", "DEFAULT_DEGRADATIONS", "ALL_DEGRADATIONS", "resolve_degradations"]
 
 #: type -> (clean/positive prompt, degraded/negative prompt)
@@ -30,7 +32,7 @@ def resolve_degradations(degradations: Union[str, Iterable[str]]) -> Tuple[str, 
     Accepts one name, a comma-separated string (``"blur,noise"``) or an iterable of names.
 
     Raises:
-        ValueError: empty selection or an unknown type (the message lists the valid types).
+        InputError (a ValueError): empty selection or an unknown type (the message lists the valid types).
     """
     if isinstance(degradations, str):
         names = [n.strip() for n in degradations.split(",")]
@@ -38,12 +40,12 @@ def resolve_degradations(degradations: Union[str, Iterable[str]]) -> Tuple[str, 
         try:
             names = [str(n).strip() for n in degradations]
         except TypeError:
-            raise ValueError(f"degradations must be a name or a list of names, got {degradations!r}") from None
+            raise InputError(f"degradations must be a name or a list of names, got {degradations!r}") from None
     names = [n for n in names if n]
     if not names:
-        raise ValueError(f"degradations is empty; choose from {', '.join(ALL_DEGRADATIONS)}")
+        raise InputError(f"degradations is empty; choose from {', '.join(ALL_DEGRADATIONS)}")
     unknown = [n for n in names if n not in PROMPTS]
     if unknown:
         bad = ", ".join(repr(u) for u in unknown)
-        raise ValueError(f"unknown degradation type(s) {bad}; valid types: {', '.join(ALL_DEGRADATIONS)}")
+        raise InputError(f"unknown degradation type(s) {bad}; valid types: {', '.join(ALL_DEGRADATIONS)}")
     return tuple(dict.fromkeys(names))

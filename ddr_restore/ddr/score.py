@@ -1,13 +1,16 @@
 """Blind image quality with DDR: ``score_paths`` (library) and the ``ddr-score`` console script.
 
 ``ddr-score PATH... [--csv out.csv] [--backbone ViT-B-32] [--pretrained TAG|FILE|none] [--degradations ...]
-[--device cpu|cuda] [--gray error|replicate] [--alpha error|drop] [--recursive]``
+[--device cpu|cuda] [--gray error|replicate] [--alpha error|drop] [--recursive] [--debug] [--version]``
 
 PATHs are image files or folders (their images, sorted; ``--recursive`` for sub-folders). Each image gets Q_DDR (the
 official BIQA patch protocol, higher = better) and one DDR column per degradation type. RGB 8/16-bit images are
 accepted; greyscale and RGBA files are errors unless ``--gray replicate`` / ``--alpha drop`` is given. A file that
 cannot be scored is reported in its row (``error`` column) and the command exits with status 1; nothing is skipped
-silently.
+silently. A user error (missing path, unknown option value, CLIP weights unavailable) prints one line
+``ddr-score: error: ...`` and exits with status 2 (the traceback with ``--debug``).
+
+``--pretrained none`` (random CLIP) uses the same seeded weights in every run, so the scores of a file repeat.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import csv
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ddr_restore.imageio import IMG_EXTENSIONS, list_images, read_image
+from ddr_restore.errors import InputError, MissingPathError, run_console
+from ddr_restore.imageio import CLI_HINT, IMG_EXTENSIONS, list_images, read_image
 
 __all__ = ["collect_images", "score_paths", "format_table", "write_csv", "main"]
 
@@ -37,8 +41,8 @@ def collect_images(paths: Iterable[PathLike], recursive: bool = False) -> List[P
     """Expand files and folders into a list of image files (folders: sorted by name, filtered by extension).
 
     Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: a folder without images.
+        MissingPathError (a FileNotFoundError): a path that does not exist.
+        InputError (a ValueError): a folder without images.
     """
     files: List[Path] = []
     for p in paths:
@@ -46,12 +50,12 @@ def collect_images(paths: Iterable[PathLike], recursive: bool = False) -> List[P
         if path.is_dir():
             found = list_images(path, recursive=recursive)
             if not found:
-                raise ValueError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in folder {path}")
+                raise InputError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in folder {path}")
             files.extend(found)
         elif path.exists():
             files.append(path)
         else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            raise MissingPathError(f"no such file or folder: {path}")
     return files
 
 
@@ -77,6 +81,7 @@ def score_paths(
     on_error: str = "raise",
     recursive: bool = False,
     max_batch: Optional[int] = None,
+    hint: Optional[Mapping[str, str]] = None,
 ) -> List[Dict[str, Any]]:
     """Q_DDR and per-type DDR of image files and folders.
 
@@ -86,7 +91,10 @@ def score_paths(
             ``openai`` tag); its device is used.
         batch_size: images per CLIP call (consecutive images of the same size are batched).
         progress: show a tqdm progress bar (stderr).
-        gray, alpha: passed to :func:`ddr_restore.imageio.read_image` (``"error"`` or ``"replicate"``/``"drop"``).
+        gray, alpha: passed to :func:`ddr_restore.imageio.read_image` (``"error"`` or ``"replicate"``/``"drop"``);
+            a grey or RGBA file refused by them gets an error that names the setting which accepts it.
+        hint: how the caller's users set ``gray``/``alpha``, named in such an error (``read_image``'s ``hint``;
+            ``ddr-score`` passes :data:`ddr_restore.imageio.CLI_HINT`: ``--gray replicate`` / ``--alpha drop``).
         on_error: ``"raise"`` stops at the first bad file; ``"report"`` records the message in the row's ``error``
             field (``q_ddr`` None) and continues.
         recursive: search folders recursively.
@@ -131,7 +139,7 @@ def score_paths(
         row["error"] = ""
         results.append(row)
         try:
-            img = read_image(path, gray=gray, alpha=alpha)
+            img = read_image(path, gray=gray, alpha=alpha, hint=hint)
         except (OSError, ValueError) as err:
             if on_error == "raise":
                 raise
@@ -196,6 +204,7 @@ def write_csv(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ddr_restore.cli import add_debug_argument, add_version_argument
     from ddr_restore.ddr.prompts import ALL_DEGRADATIONS, DEFAULT_DEGRADATIONS
 
     p = argparse.ArgumentParser(
@@ -221,31 +230,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=4, help="images per CLIP call (default 4)")
     p.add_argument("--antialias", action="store_true", help="antialiased resize (official: off)")
-    p.add_argument("--gray", choices=("error", "replicate"), default="error", help="greyscale files (default error)")
-    p.add_argument("--alpha", choices=("error", "drop"), default="error", help="RGBA files (default error)")
+    p.add_argument("--gray", choices=("error", "replicate"), default="error",
+                   help="greyscale files: refuse (default) or replicate to RGB")
+    p.add_argument("--alpha", choices=("error", "drop"), default="error",
+                   help="RGBA files: refuse (default) or drop the alpha channel")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_debug_argument(p)
+    add_version_argument(p)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``ddr-score``. Returns 0 when every image was scored; raises SystemExit(1) when some failed and
-    SystemExit(2) on usage errors (missing path, empty folder, bad option)."""
+def _device(name: Optional[str]) -> str:
+    """The device to score on; a bad name or an unavailable CUDA is a user error, not a torch traceback."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return str(device)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ddr_restore.ddr.descriptor import DDR
 
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        files = collect_images(args.paths, recursive=args.recursive)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        ddr = DDR(
-            backbone=args.backbone, pretrained=args.pretrained, degradations=args.degradations, antialias=args.antialias
-        ).to(device)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        parser.error(str(err))
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    files = collect_images(args.paths, recursive=args.recursive)
+    device = _device(args.device)
+    ddr = DDR(
+        backbone=args.backbone, pretrained=args.pretrained, degradations=args.degradations, antialias=args.antialias,
+        switch_hint="--pretrained",
+    ).to(device)
     if ddr.pretrained_is_random:
         print(_RANDOM_BANNER, file=sys.stderr)
     print(f"# DDR: {ddr.model_name}, weights {ddr.source}, types {', '.join(ddr.degradations)}, device {device}")
@@ -257,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gray=args.gray,
         alpha=args.alpha,
         on_error="report",
+        hint=CLI_HINT,
     )
     print(format_table(rows, ddr.degradations))
     if args.csv:
@@ -271,6 +291,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {r['path']}: {r['error']}", file=sys.stderr)
         raise SystemExit(1)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``ddr-score``. Returns 0 when every image was scored; raises SystemExit(1) when some failed and
+    SystemExit(2) on user errors (missing path, empty folder, bad option, CLIP weights unavailable: one line on
+    stderr, the traceback with ``--debug``)."""
+    args = _parser().parse_args(argv)
+    return run_console("ddr-score", lambda: _run(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,9 +14,13 @@ import torch
 from torch import nn
 
 from ddr_restore.ddr.prompts import DEFAULT_DEGRADATIONS
+from ddr_restore.errors import InputError
 from ddr_restore.registry import LOSS_REGISTRY
 
 __all__ = ["DDRLoss"]
+
+#: The option-file key that sets the loss's CLIP weights in the trainer (named in "weights unavailable" errors).
+DEFAULT_SWITCH = "train.ddr_opt.pretrained"
 
 
 @LOSS_REGISTRY.register()
@@ -28,10 +32,15 @@ class DDRLoss(nn.Module):
             about -30, so tune it).
         degradations, backbone, pretrained: passed to :class:`~ddr_restore.ddr.descriptor.DDR`
             (``pretrained=None``: ``$DDR_CLIP_CHECKPOINT`` if set, else the ``openai`` tag).
+        switch_hint: the option that sets ``pretrained``, named when the CLIP weights are unavailable (default
+            ``train.ddr_opt.pretrained``, where the trainer reads this loss from; pass another key when the loss is
+            configured elsewhere).
         **ddr_kwargs: any other DDR option (``antialias``, ``nonsquare``, ``clamp``, ``autocast``, ...).
             ``check_range`` defaults to False here: a network's output can overshoot [0,1] early in training and the
             official loss sees it unclamped; NaN/inf losses are caught by the trainer.
     """
+
+    requires_target = False  # no-reference: the loss sees only the restored image
 
     def __init__(
         self,
@@ -39,18 +48,20 @@ class DDRLoss(nn.Module):
         degradations: Union[str, Sequence[str]] = DEFAULT_DEGRADATIONS,
         backbone: str = "ViT-B-32",
         pretrained: Optional[str] = None,
+        switch_hint: Optional[str] = DEFAULT_SWITCH,
         **ddr_kwargs: Any,
     ) -> None:
         super().__init__()
         try:
             self.loss_weight = float(loss_weight)
         except (TypeError, ValueError):
-            raise ValueError(f"DDRLoss: loss_weight must be a number, got {loss_weight!r}") from None
+            raise InputError(f"DDRLoss: loss_weight must be a number, got {loss_weight!r}") from None
         # Imported here so that registering the loss does not import open_clip.
         from ddr_restore.ddr.descriptor import DDR
 
         ddr_kwargs.setdefault("check_range", False)
-        self.ddr = DDR(backbone=backbone, pretrained=pretrained, degradations=degradations, **ddr_kwargs)
+        self.ddr = DDR(backbone=backbone, pretrained=pretrained, degradations=degradations, switch_hint=switch_hint,
+                       **ddr_kwargs)
 
     @property
     def pretrained_is_random(self) -> bool:
