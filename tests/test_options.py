@@ -252,3 +252,32 @@ def test_resume_changes_split_sound_and_unsound_keys():
     del older["train"]["use_grad_clip"]
     assert resume_changes(older, apply_overrides(old, ["train.use_grad_clip=true"]))[1] == [
         ("train.use_grad_clip", "(absent)", True)]
+
+
+def test_resume_compares_loss_terms_by_name_whichever_way_written():
+    ddr = {"type": "DDRLoss", "loss_weight": 0.1, "pretrained": "none"}
+    old = validate_options({**BASE, "train": {**BASE["train"], "ddr_opt": ddr}})
+    as_catalog = copy.deepcopy(old)
+    as_catalog["train"]["losses"] = {"l_pix": as_catalog["train"].pop("pixel_opt"),
+                                     "l_ddr": as_catalog["train"].pop("ddr_opt")}
+    as_catalog = validate_options(as_catalog)
+    # the same terms: no change either way; a term switched off with ~ is no term
+    assert resume_changes(old, as_catalog) == ([], []) and resume_changes(as_catalog, old) == ([], [])
+    older = copy.deepcopy(old)  # saved before the catalog existed: no train.losses / perceptual_opt keys
+    del older["train"]["losses"], older["train"]["perceptual_opt"]
+    assert resume_changes(older, old) == ([], []) and resume_changes(older, as_catalog) == ([], [])
+    assert resume_changes(as_catalog, apply_overrides(as_catalog, ["train.losses.extra=~"])) == ([], [])
+    # a weight is refused, reported under the key the new options use
+    assert resume_changes(old, apply_overrides(old, ["train.ddr_opt.loss_weight=0.2"]))[1] == [
+        ("train.ddr_opt.loss_weight", 0.1, 0.2)]
+    assert resume_changes(old, apply_overrides(as_catalog, ["train.losses.l_ddr.loss_weight=0.2"]))[1] == [
+        ("train.losses.l_ddr.loss_weight", 0.1, 0.2)]
+    # adding or removing a term is refused
+    added = apply_overrides(as_catalog, ["train.losses.l1.type=L1Loss"])
+    assert resume_changes(old, added)[1] == [("train.losses.l1.type", "(absent)", "L1Loss")]
+    removed = apply_overrides(old, ["train.ddr_opt=~"])
+    assert [k for k, _, _ in resume_changes(old, removed)[1]] == [
+        "train.ddr_opt.loss_weight", "train.ddr_opt.pretrained", "train.ddr_opt.type"]
+    # switch_hint only names an option in error messages: applied
+    hint = apply_overrides(as_catalog, ["train.losses.l_ddr.switch_hint=--ddr"])
+    assert resume_changes(old, hint) == ([("train.losses.l_ddr.switch_hint", "(absent)", "--ddr")], [])

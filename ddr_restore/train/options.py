@@ -14,6 +14,23 @@ Key names follow BasicSR (``docs/Config.md``); see :data:`SCHEMA` for the full l
 * ``--set a.b=VALUE`` replaces BasicSR's ``--force_yml`` (which used ``exec``/``eval``): VALUE is parsed with
   ``yaml.safe_load``.
 
+Loss terms (:func:`loss_terms`). ``train.losses`` maps a term name to a registered loss::
+
+    losses:
+      pix: {type: PSNRLoss, loss_weight: 1.0}
+      lpips: {type: LPIPSLoss, loss_weight: 0.1, net: vgg}
+      ddr: {type: DDRLoss, loss_weight: 0.05}
+
+Each term is logged under its name (text log, TensorBoard ``losses/<name>``, the iteration callback) and the total,
+``l_total``, is their sum (each loss already includes its ``loss_weight``). Names are letters, digits, ``_`` and
+``-`` (so that ``--set train.losses.<name>.loss_weight=...`` reaches them); ``l_total`` and ``lr`` are taken by
+the log. A term set to ``~`` is switched off (``--set train.losses.lpips=~`` removes a term of the base file).
+Whether a loss is given the target is declared by its class (``requires_target``), not here.
+BasicSR's single-loss keys remain, as aliases of one term each (:data:`LOSS_ALIASES`): ``pixel_opt`` is the term
+``l_pix``, ``perceptual_opt`` is ``l_percep`` and ``ddr_opt`` is ``l_ddr``; their terms come first, then those of
+``train.losses`` in file order. A name defined twice (``pixel_opt`` and ``losses.l_pix``) is an error. BasicSR's
+``PerceptualLoss`` type is not ours: ``perceptual_opt`` takes any registered loss (e.g. ``LPIPSLoss``).
+
 Option changes on resume (:func:`resume_changes`). Every training state stores the resolved options it was
 trained with (older states: the option file copied into the experiment folder is read instead). When a run is
 resumed, the new options are compared with those, key by key:
@@ -23,12 +40,16 @@ resumed, the new options are compared with those, key by key:
   ``datasets.train.{num_worker_per_gpu, pin_memory, persistent_workers, prefetch_mode}`` (the data order and
   per-sample seeds do not depend on them), process placement (``num_gpu``, ``dist_params``,
   ``find_unused_parameters``), ``path.*`` (the weights come from the checkpoint), ``name``, ``model_type``,
-  ``is_train``; ``manual_seed: null`` takes the checkpoint's seed.
+  ``is_train``, a loss term's ``switch_hint`` (it only names an option in error messages); ``manual_seed: null``
+  takes the checkpoint's seed.
 * refused, with one message listing every differing key: ``network_g``, ``scale``, ``manual_seed`` (another
   number), every other ``train.*`` key (optimizer, scheduler, warm-up, EMA, clipping, accumulation, AMP, losses)
   and every other ``datasets.train`` key (data, crops, batch size, sampling). Changing them mid-run would make a
   run that is neither the old one nor the new one (BasicSR silently keeps the old optimizer and scheduler state);
   start a new experiment (another ``name``, optionally ``path.pretrain_network_g``) instead.
+
+Loss terms are compared by name, whichever way they are written: a run started with ``pixel_opt`` resumes with
+``losses: {l_pix: ...}`` (the same term) and vice versa; adding, removing or changing a term is refused.
 """
 from __future__ import annotations
 
@@ -62,6 +83,10 @@ __all__ = [
     "plain_options",
     "resume_changes",
     "RESUME_MUTABLE",
+    "LOSS_ALIASES",
+    "RESERVED_LOSS_NAMES",
+    "LossTerm",
+    "loss_terms",
 ]
 
 
@@ -206,6 +231,9 @@ _METRIC = Key(
     },
 )
 
+# A loss term: a registered loss ``type`` and its keyword arguments (checked against the class), or ``~`` (no term).
+_LOSS_TERM = Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True)
+
 SCHEMA: Dict[str, Key] = {
     "name": Key(("str",), required=True),
     "model_type": Key(("str", "none"), default="DDRModel", choices=MODEL_TYPE_ALIASES + (None,)),
@@ -241,8 +269,11 @@ SCHEMA: Dict[str, Key] = {
             "grad_clip_norm": Key(("float",), default=0.01),
             "accumulate_grad_batches": Key(("int",), default=1, check=_positive),
             "amp": Key(("bool", "str", "none"), default=False, choices=(False, None, "bf16", "fp16")),
-            "pixel_opt": Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True),
-            "ddr_opt": Key(("map", "none"), default=None, children={"type": Key(("str",), required=True)}, open=True),
+            # one loss term each (see loss_terms): the BasicSR aliases and the catalog of named terms
+            "pixel_opt": _LOSS_TERM,
+            "perceptual_opt": _LOSS_TERM,
+            "ddr_opt": _LOSS_TERM,
+            "losses": Key(("map", "none"), default=None, entry=_LOSS_TERM),
         },
     ),
     "val": Key(
@@ -272,6 +303,73 @@ SCHEMA: Dict[str, Key] = {
         },
     ),
 }
+
+
+# ----------------------------------------------------------------------------------------------------- loss terms
+#: BasicSR's single-loss keys of ``train`` and the term each one is (its log name), in the order they are summed.
+LOSS_ALIASES: Dict[str, str] = {"pixel_opt": "l_pix", "perceptual_opt": "l_percep", "ddr_opt": "l_ddr"}
+
+#: Names the training log already uses: no loss term may take them.
+RESERVED_LOSS_NAMES: Tuple[str, ...] = ("l_total", "lr")
+
+# Before loss classes declared ``requires_target``, the trainer called the ``ddr_opt`` loss as ``loss(output)`` and
+# the others as ``loss(output, target)``; an undeclared (user) class keeps the call its alias always made.
+_ALIAS_TARGET_DEFAULT = {"pixel_opt": True, "perceptual_opt": True, "ddr_opt": False}
+
+_TERM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the training loss.
+
+    Attributes:
+        name: the log name (``l_pix`` for ``pixel_opt``, the key under ``train.losses`` otherwise).
+        where: its dotted option path, for messages (``train.pixel_opt``, ``train.losses.ddr``).
+        cfg: the loss options (``type`` + keyword arguments).
+        target_default: whether the target is passed to a loss class that does not declare ``requires_target``.
+    """
+
+    name: str
+    where: str
+    cfg: Mapping[str, Any]
+    target_default: bool = True
+
+
+def loss_terms(train_opt: Mapping[str, Any]) -> List[LossTerm]:
+    """The loss terms of the ``train`` options: the aliases (``pixel_opt``, ``perceptual_opt``, ``ddr_opt``) first,
+    then ``train.losses`` in file order; terms set to ``~`` are left out. Validation (:func:`validate_options`) has
+    already refused duplicate or reserved names."""
+    terms: List[LossTerm] = []
+    for key, name in LOSS_ALIASES.items():
+        cfg = train_opt.get(key)
+        if isinstance(cfg, Mapping):
+            terms.append(LossTerm(name, f"train.{key}", cfg, _ALIAS_TARGET_DEFAULT[key]))
+    losses = train_opt.get("losses")
+    for name, cfg in (losses.items() if isinstance(losses, Mapping) else ()):
+        if isinstance(cfg, Mapping):
+            terms.append(LossTerm(str(name), f"train.losses.{name}", cfg))
+    return terms
+
+
+def _check_loss_names(train: Mapping[str, Any], errors: List[str]) -> None:
+    """At least one term; names that fit a dotted path and the log; no name defined twice."""
+    losses = train.get("losses")
+    aliased = {name: key for key, name in LOSS_ALIASES.items() if train.get(key) is not None}
+    for name, cfg in (losses.items() if isinstance(losses, Mapping) else ()):
+        where = f"train.losses.{name}"
+        if not isinstance(name, str) or not _TERM_NAME.match(name):
+            errors.append(f"{where}: a term name is letters, digits, '_' or '-' (it is used in --set paths and "
+                          "log tags)")
+        elif name in RESERVED_LOSS_NAMES:
+            errors.append(f"{where}: the name {name!r} is taken by the training log ({', '.join(RESERVED_LOSS_NAMES)}"
+                          "); choose another")
+        elif name in aliased and cfg is not None:
+            errors.append(f"{where}: the term {name!r} is also defined by train.{aliased[name]} (whose log name is "
+                          f"{name}); keep one of them")
+    if not loss_terms(train):
+        errors.append("train: needs at least one loss (train.losses: {<name>: {type: ...}}, or train.pixel_opt / "
+                      "perceptual_opt / ddr_opt)")
 
 
 # ------------------------------------------------------------------------------------------------- loading & --set
@@ -418,9 +516,13 @@ def _check_components(opt: Dict[str, Any], errors: List[str]) -> None:
         if isinstance(cfg, Mapping):
             _check_registry_entry(DATASET_REGISTRY, cfg, f"datasets.{phase}", LOADER_KEYS, ("phase",), errors)
     train = opt.get("train") or {}
-    for key in ("pixel_opt", "ddr_opt"):
-        if isinstance(train.get(key), Mapping):
-            _check_registry_entry(LOSS_REGISTRY, train[key], f"train.{key}", (), (), errors)
+    for term in loss_terms(train):
+        if term.cfg.get("type") == "PerceptualLoss" and "PerceptualLoss" not in LOSS_REGISTRY:
+            errors.append(f"{term.where}.type: BasicSR's PerceptualLoss (a weighted VGG feature distance) is not part "
+                          "of ddr_restore; use a registered loss, e.g. LPIPSLoss with net: vgg (registered: "
+                          f"{', '.join(LOSS_REGISTRY.keys())})")
+            continue
+        _check_registry_entry(LOSS_REGISTRY, term.cfg, term.where, (), (), errors)
     for name, cfg in ((opt.get("val") or {}).get("metrics") or {}).items():
         if isinstance(cfg, Mapping):
             _check_registry_entry(METRIC_REGISTRY, cfg, f"val.metrics.{name}", ("better",), (), errors)
@@ -437,8 +539,8 @@ def _check_components(opt: Dict[str, Any], errors: List[str]) -> None:
 
 def _check_consistency(opt: Dict[str, Any], errors: List[str]) -> None:
     train = opt.get("train") or {}
-    if isinstance(train, Mapping) and train.get("pixel_opt") is None and train.get("ddr_opt") is None:
-        errors.append("train: needs at least one loss (train.pixel_opt and/or train.ddr_opt)")
+    if isinstance(train, Mapping):
+        _check_loss_names(train, errors)
     datasets = opt.get("datasets") or {}
     if isinstance(datasets, Mapping) and "train" not in datasets:
         errors.append("datasets.train: missing required key")
@@ -531,6 +633,7 @@ RESUME_MUTABLE: Tuple[str, ...] = (
     "num_gpu", "dist_params", "dist_params.*", "find_unused_parameters",
     "path", "path.*",
     "name", "model_type", "is_train",
+    "train.losses.*.switch_hint",  # compared after the aliases are moved into train.losses (_canonical_losses)
 )
 
 _ABSENT = "(absent)"
@@ -576,7 +679,13 @@ def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Tuple[Li
     the value ``"(absent)"``. ``manual_seed: null`` in ``new`` is not a change (the checkpoint's seed is used).
     See the module docstring for which keys may change.
     """
-    old_flat, new_flat = flatten_options(saved), flatten_options(new)
+    old_flat, new_flat = flatten_options(_canonical_losses(saved)), flatten_options(_canonical_losses(new))
+    # A change is reported under the key the user wrote (train.pixel_opt.x rather than train.losses.l_pix.x): as the
+    # new options write the term, or as the saved ones did for a term the new options drop.
+    new_train = new.get("train")
+    new_names = {t.name for t in loss_terms(new_train)} if isinstance(new_train, Mapping) else set()
+    spelled = {k: v for k, v in _alias_spelling(saved).items() if k[len("train.losses."):] not in new_names}
+    spelled.update(_alias_spelling(new))
     applied: List[Tuple[str, Any, Any]] = []
     refused: List[Tuple[str, Any, Any]] = []
     for key in sorted(set(old_flat) | set(new_flat)):
@@ -585,5 +694,38 @@ def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> Tuple[Li
             continue
         if _ABSENT in (old, value) and (value if old == _ABSENT else old) == _schema_default(key):
             continue  # a key with its default that one side's version of the schema did not have yet
-        (applied if _mutable(key) else refused).append((key, old, value))
+        (applied if _mutable(key) else refused).append((_respell(key, spelled), old, value))
     return applied, refused
+
+
+def _canonical_losses(opt: Mapping[str, Any]) -> Dict[str, Any]:
+    """``opt`` with every loss term under ``train.losses.<name>`` (aliases moved there, ``~`` terms dropped), so
+    that options are compared term by term whichever way a term is written."""
+    out = dict(opt)
+    train = out.get("train")
+    if not isinstance(train, Mapping):
+        return out
+    train = dict(train)
+    terms = {t.name: t.cfg for t in loss_terms(train)}
+    for key in (*LOSS_ALIASES, "losses"):
+        train.pop(key, None)
+    if terms:
+        train["losses"] = terms
+    out["train"] = train
+    return out
+
+
+def _alias_spelling(opt: Mapping[str, Any]) -> Dict[str, str]:
+    """``{"train.losses.l_pix": "train.pixel_opt", ...}`` for the aliases ``opt`` uses."""
+    train = opt.get("train")
+    if not isinstance(train, Mapping):
+        return {}
+    return {f"train.losses.{name}": f"train.{key}" for key, name in LOSS_ALIASES.items()
+            if isinstance(train.get(key), Mapping)}
+
+
+def _respell(key: str, spelled: Mapping[str, str]) -> str:
+    for canonical, written in spelled.items():
+        if key == canonical or key.startswith(canonical + "."):
+            return written + key[len(canonical):]
+    return key

@@ -1,9 +1,14 @@
-"""The training loop: network + pixel loss + DDR loss, iteration-based, BasicSR experiment layout.
+"""The training loop: network + a catalog of loss terms, iteration-based, BasicSR experiment layout.
 
-One iteration: take ``accumulate_grad_batches`` batches, forward the network, ``l_total = l_pix + l_ddr`` (each
-loss module already includes its ``loss_weight``), backward, optional gradient-norm clipping, optimizer step,
-scheduler step, EMA update. Every ``print_freq`` iterations the losses and lr are logged (text + TensorBoard),
-every ``save_checkpoint_freq`` a checkpoint is written, every ``val_freq`` the validation sets are evaluated.
+One iteration: take ``accumulate_grad_batches`` batches, forward the network, ``l_total`` = the sum of the loss
+terms (``train.losses`` and the ``pixel_opt``/``perceptual_opt``/``ddr_opt`` aliases, see
+:func:`ddr_restore.train.options.loss_terms`; each loss module already includes its ``loss_weight``), backward,
+optional gradient-norm clipping, optimizer step, scheduler step, EMA update. A loss is given the target only when
+its class says it needs one (``requires_target``); a term with ``loss_weight: 0`` is built but not computed (it is
+logged as 0), so a lambda = 0 cell of a sweep is exactly the run without that term. Every ``print_freq``
+iterations the losses (each term under its name, and ``l_total``) and lr are logged (text + TensorBoard
+``losses/<name>``), every ``save_checkpoint_freq`` a checkpoint is written, every ``val_freq`` the validation sets
+are evaluated.
 
 Exact resume: the training state stores the optimizer, scheduler, EMA, AMP scaler, the RNG states of every rank,
 the best metrics, the epoch and the number of batches consumed in it; the data order and per-sample augmentation
@@ -56,8 +61,8 @@ from ddr_restore.train import checkpoint as ckpt
 from ddr_restore.train.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed
 from ddr_restore.train.logger import (MetricWriter, Progress, before_after_image, close_text_logger, log_to_file_only,
                                       setup_text_logger)
-from ddr_restore.train.options import (LOADER_KEYS, dump_options, load_options, plain_options, resume_changes,
-                                       validate_options)
+from ddr_restore.train.options import (LOADER_KEYS, LossTerm, dump_options, load_options, loss_terms, plain_options,
+                                       resume_changes, validate_options)
 from ddr_restore.train.sampling import ResumableSampler, SeededDataset, ignore_sigint_in_worker
 from ddr_restore.train.schedulers import build_optimizer, build_scheduler
 
@@ -207,6 +212,58 @@ def _remove_stale_tmp(folders: List[Path]) -> List[Path]:
 
 def _format_change(key: str, old: Any, new: Any) -> str:
     return f"{key}: {old!r} -> {new!r}"
+
+
+@dataclass
+class _BuiltLoss:
+    """A built loss term and how the loop calls it."""
+
+    name: str  # the log name
+    where: str  # the dotted option path
+    module: Callable[..., torch.Tensor]
+    requires_target: bool  # called as module(output, gt), else module(output)
+    skipped: bool  # loss_weight 0: never called, logged as 0
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` takes a keyword argument called ``name`` (not merely ``**kwargs``)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call_problem(loss: Any, requires_target: bool) -> Optional[str]:
+    """Why ``loss`` cannot be called the way its ``requires_target`` says (None when it can, or when unknown)."""
+    try:
+        sig = inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in sig.parameters.values() if p.kind in kinds]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values()):
+        return None
+    if requires_target and len(params) < 2:
+        return ("it is called as loss(output, target) (requires_target is true or undeclared) but its forward takes "
+                "only the output; declare requires_target = False on the class")
+    if not requires_target and sum(p.default is p.empty for p in params) > 1:
+        return "it declares requires_target = False (called as loss(output)) but its forward needs a target"
+    return None
+
+
+def _random_weights(loss: Any) -> bool:
+    """True when the loss, or a module inside it, says its pretrained weights are random.
+
+    The flag is ``pretrained_is_random``: DDRLoss and the DDR/CLIP inside it, LPIPSLoss, the VGG extractor of the
+    feature losses (and their ``FrozenFeatureLoss`` base) expose it; a user's loss wrapping one of them inherits
+    the warning without declaring anything.
+    """
+    parts = loss.modules() if isinstance(loss, nn.Module) else (loss,)
+    for part in parts:
+        flag = getattr(part, "pretrained_is_random", False)
+        if isinstance(flag, (bool, np.bool_)) and flag:
+            return True
+    return False
 
 
 class Trainer:
@@ -402,15 +459,13 @@ class Trainer:
         self._notes.append(f"network_g: {type(net).__name__}, {n_params / 1e6:.3f} M parameters")
 
         train_opt = self.opt["train"]
-        self.cri_pix = self.cri_ddr = None
-        if train_opt.get("pixel_opt"):
-            self.cri_pix = LOSS_REGISTRY.build(train_opt["pixel_opt"], where="train.pixel_opt").to(device).eval()
-        if train_opt.get("ddr_opt"):
-            # A separate module: the frozen CLIP is never part of net_g, so DDP neither wraps nor syncs it.
-            self.cri_ddr = LOSS_REGISTRY.build(train_opt["ddr_opt"], where="train.ddr_opt").to(device).eval()
-            if getattr(getattr(self.cri_ddr, "ddr", self.cri_ddr), "pretrained_is_random", False):
-                self._notes.append("WARNING train.ddr_opt: the CLIP backbone is RANDOMLY initialised (pretrained: "
-                                   "none); l_ddr is a plumbing check, not the DDR objective")
+        self.losses = [self._build_loss(term, device) for term in loss_terms(train_opt)]
+        if all(loss.skipped for loss in self.losses):
+            raise InputError("train: every loss term has loss_weight 0 (" + ", ".join(t.where for t in self.losses)
+                             + "): there is nothing to train")
+        self._notes.append("loss terms (l_total = their sum): " + ", ".join(
+            f"{t.name} = {type(t.module).__name__} ({t.where}; {'output, target' if t.requires_target else 'output'})"
+            for t in self.losses))
 
         if self.dist.distributed:
             net = nn.parallel.DistributedDataParallel(
@@ -440,6 +495,35 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
             if amp == "fp16":
                 self.scaler = torch.amp.GradScaler("cuda")
+
+    def _build_loss(self, term: LossTerm, device: torch.device) -> _BuiltLoss:
+        """Build one loss term on ``device`` (a module of its own: DDP never wraps or syncs a frozen CLIP/VGG).
+
+        Whether the loss gets the target is what its class declares (``requires_target``; an undeclared class
+        keeps its alias's historical call, see :class:`~ddr_restore.train.options.LossTerm`). A loss whose
+        constructor takes ``switch_hint`` (DDRLoss) is told the option that sets its weights, ``<where>.pretrained``,
+        so that a "weights unavailable" message names the key the user wrote.
+        """
+        kind = term.cfg["type"]
+        factory = LOSS_REGISTRY.get(kind)
+        extra = {}
+        if "switch_hint" not in term.cfg and _accepts(factory, "switch_hint"):
+            extra["switch_hint"] = f"{term.where}.pretrained"
+        module = LOSS_REGISTRY.build(term.cfg, where=term.where, **extra)
+        if isinstance(module, nn.Module):
+            module = module.to(device).eval()
+        requires_target = bool(getattr(module, "requires_target", term.target_default))
+        problem = _call_problem(module, requires_target)
+        if problem:
+            raise InputError(f"{term.where} ({kind}): {problem}")
+        weight = getattr(module, "loss_weight", term.cfg.get("loss_weight"))
+        skipped = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight == 0
+        if skipped:
+            self._notes.append(f"{term.where} ({kind}): loss_weight 0, {term.name} is not computed (logged as 0)")
+        elif _random_weights(module):
+            self._notes.append(f"WARNING {term.where} ({kind}): its pretrained network is RANDOMLY initialised "
+                               f"(pretrained: none); {term.name} is a plumbing check, not the {kind} objective")
+        return _BuiltLoss(term.name, term.where, module, requires_target, skipped)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -510,11 +594,13 @@ class Trainer:
         return progressive_crop(lq, gt, batch, size, generator=g, scale=int(self.opt.get("scale") or 1))
 
     def _losses(self, out: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``{term name: weighted loss}`` in the order of :func:`loss_terms` (the order they are summed in)."""
         terms: Dict[str, torch.Tensor] = {}
-        if self.cri_pix is not None:
-            terms["l_pix"] = self.cri_pix(out, gt)
-        if self.cri_ddr is not None:
-            terms["l_ddr"] = self.cri_ddr(out)
+        for loss in self.losses:
+            if loss.skipped:
+                terms[loss.name] = out.new_zeros(())
+            else:
+                terms[loss.name] = loss.module(out, gt) if loss.requires_target else loss.module(out)
         return terms
 
     def _train_step(self, iteration: int) -> Dict[str, float]:
@@ -948,9 +1034,10 @@ def train(
         command_line: written as a comment at the top of the copied options file.
         options_name: the option file (its stem names the copy in the experiment folder, default ``<name>.yml``;
             error messages name it).
-        iteration_callback: called as ``fn(iteration, {"l_pix":..., "l_ddr":..., "l_total":..., "lr":...})``
-            after every iteration (the loss values are averaged over ranks). Raising ``KeyboardInterrupt`` in it
-            stops training like Ctrl-C does (a checkpoint of that iteration is written).
+        iteration_callback: called as ``fn(iteration, {<term>: ..., "l_total": ..., "lr": ...})`` after every
+            iteration, one entry per loss term (``l_pix``/``l_percep``/``l_ddr`` for the aliases, the
+            ``train.losses`` names otherwise); the loss values are averaged over ranks. Raising
+            ``KeyboardInterrupt`` in it stops training like Ctrl-C does (a checkpoint of that iteration is written).
 
     Returns:
         A :class:`TrainResult` with the checkpoint, TensorBoard folder and before/after image paths, the final
