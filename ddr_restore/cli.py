@@ -5,7 +5,7 @@ import argparse
 from typing import Optional, Sequence
 
 __all__ = ["version_text", "add_version_argument", "add_debug_argument", "train_main", "score_main", "eval_main",
-           "fetch_lpips_main"]
+           "fetch_lpips_main", "ablate_main"]
 
 
 def version_text(prog: str) -> str:
@@ -41,8 +41,8 @@ def score_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> None:
-    """`ddr-eval --preset gopro|realblur|folder ...`: PSNR/SSIM/LPIPS/Q_DDR evaluation."""
-    from ddr_restore.eval.evaluate import main
+    """`ddr-eval --preset gopro|realblur|folder ... [--metrics psnr ssim lpips q_ddr]`: catalog-metric evaluation."""
+    from ddr_restore.eval.entry import main
 
     main(argv)
 
@@ -50,5 +50,12 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> None:
 def fetch_lpips_main(argv: Optional[Sequence[str]] = None) -> None:
     """`ddr-fetch-lpips`: fetch and verify offline ImageNet AlexNet/VGG16 weights for LPIPS."""
     from ddr_restore.weights import main
+
+    main(argv)
+
+
+def ablate_main(argv: Optional[Sequence[str]] = None) -> None:
+    """`ddr-ablate -opt BASE.yml --grid KEY=v1,v2 --seeds 0,1,2`: train, evaluate and tabulate a grid of runs."""
+    from ddr_restore.ablate.entry import main
 
     main(argv)

@@ -1,5 +1,5 @@
 """ddr-eval command line: results folders are archived or replaced, never mixed; every user error is one line and
-exit status 2; --set / --version / --debug / --gray / --alpha (ddr_restore.eval.evaluate.main)."""
+exit status 2; --set / --version / --debug / --gray / --alpha (ddr_restore.eval.entry.main)."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import ddr_restore
-from ddr_restore.eval.evaluate import main
+from ddr_restore.eval.entry import main
 
 TINY_NAFNET = {"type": "NAFNet", "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
 H, W = 40, 56

@@ -9,7 +9,6 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
 from ddr_restore.metrics.psnr_ssim import (
-    METRIC_BETTER,
     calculate_psnr,
     calculate_ssim,
     psnr_ssim_tensors,
@@ -128,18 +127,22 @@ def test_bad_input_errors():
         calculate_psnr(a, a, crop_border=8)
 
 
-def test_registry_and_better():
-    assert METRIC_REGISTRY.get("calculate_psnr") is calculate_psnr
-    assert METRIC_REGISTRY.get("calculate_ssim") is calculate_ssim
-    assert METRIC_BETTER == {"calculate_psnr": "higher", "calculate_ssim": "higher"}
-    assert calculate_psnr.better == "higher" and calculate_ssim.better == "higher"
+def test_basicsr_names_are_catalog_aliases():
+    """``type: calculate_psnr`` / ``calculate_ssim`` (BasicSR option files) build the catalog's psnr / ssim."""
+    from ddr_restore.metrics import create_metric, metric_info
+
+    assert METRIC_REGISTRY.get("calculate_psnr") is METRIC_REGISTRY.get("psnr")
+    assert METRIC_REGISTRY.get("calculate_ssim") is METRIC_REGISTRY.get("ssim")
+    assert metric_info("calculate_psnr").name == "psnr" and metric_info("calculate_psnr").better == "higher"
     img = data.astronaut()[:40, :40]
     deg = (img // 2).astype(np.uint8)
-    val = METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_border": 2}, img=deg, img2=img)
-    assert val == pytest.approx(direct_psnr(deg[2:-2, 2:-2], img[2:-2, 2:-2]))
+    metric = METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_border": 2})
+    assert metric(deg, img) == pytest.approx(direct_psnr(deg[2:-2, 2:-2], img[2:-2, 2:-2]))
+    assert create_metric("calculate_ssim", test_y_channel=True)(deg, img) == calculate_ssim(deg, img,
+                                                                                             test_y_channel=True)
     # a misspelt option is an error, not silently ignored
-    with pytest.raises(TypeError, match="crop_bordr"):
-        METRIC_REGISTRY.build({"type": "calculate_psnr", "crop_bordr": 2}, img=deg, img2=img)
+    with pytest.raises(ValueError, match="crop_bordr"):
+        create_metric("calculate_psnr", crop_bordr=2)
 
 
 def test_tensor_convenience_quantises_and_does_not_mutate():

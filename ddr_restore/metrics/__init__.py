@@ -1,9 +1,14 @@
-"""Metrics. Importing this package registers PSNR/SSIM in METRIC_REGISTRY.
+"""Image-quality metrics and their catalog (:mod:`ddr_restore.metrics.catalog`).
 
-``alignment`` (RealBlur ECC protocol; OpenCV + scikit-image) and ``lpips_metric`` (LPIPS; imports ``lpips``) are not
-imported here so that ``import ddr_restore.metrics`` stays light; import them explicitly.
+Importing this package registers the catalog's metrics in ``METRIC_REGISTRY``: ``psnr`` and ``ssim`` (aliases
+``calculate_psnr``/``calculate_ssim``; :mod:`.psnr_ssim`), ``psnr_realblur``/``ssim_realblur`` (:mod:`.alignment`),
+``lpips`` (:mod:`.lpips_metric`) and ``q_ddr`` (:mod:`.q_ddr`). Only light code runs at import: LPIPS and CLIP
+are imported and loaded when such a metric is first used.
 """
-from ddr_restore.metrics import psnr_ssim  # noqa: F401  (registration side effects)
-from ddr_restore.metrics.psnr_ssim import METRIC_BETTER, calculate_psnr, calculate_ssim, psnr_ssim_tensors
+from ddr_restore.metrics import alignment, lpips_metric, psnr_ssim, q_ddr  # noqa: F401  (registration)
+from ddr_restore.metrics.catalog import (Metric, MetricInfo, create_metric, list_metrics, metric_direction,
+                                         metric_info, register_metric)
+from ddr_restore.metrics.psnr_ssim import calculate_psnr, calculate_ssim, psnr_ssim_tensors
 
-__all__ = ["METRIC_BETTER", "calculate_psnr", "calculate_ssim", "psnr_ssim_tensors"]
+__all__ = ["Metric", "MetricInfo", "create_metric", "list_metrics", "metric_info", "metric_direction",
+           "register_metric", "calculate_psnr", "calculate_ssim", "psnr_ssim_tensors"]

@@ -18,18 +18,26 @@ Differences from the official script (``rimchang/RealBlur: evaluation_RealBlur_e
 0.17.2 and OpenCV 4.2: ``channel_axis=-1`` replaces the removed ``multichannel=True``; images here are RGB (grey
 conversion uses ``COLOR_RGB2GRAY`` on RGB data). When ECC does not converge (``cv2.error``) the identity warp is
 used, a ``RuntimeWarning`` is issued and :class:`RealBlurScore` records ``ecc_converged=False``.
+
+Catalog metrics ``psnr_realblur`` and ``ssim_realblur`` (what ``ddr-eval --preset realblur`` reports as ``psnr`` and
+``ssim``) share one alignment per image pair: the second of them reuses the first one's warp.
 """
 from __future__ import annotations
 
 import warnings
+import hashlib
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from ddr_restore.metrics.catalog import Metric, register_metric
+
 __all__ = [
+    "RealBlurPSNR",
+    "RealBlurSSIM",
     "RealBlurAlignment",
     "RealBlurScore",
     "realblur_align",
@@ -150,3 +158,81 @@ def realblur_psnr_ssim(restored: np.ndarray, gt: np.ndarray) -> Tuple[float, flo
     """RealBlur-protocol (PSNR dB, SSIM) of a restored image against its GT (float RGB HWC in [0,1] or uint8)."""
     s = realblur_score(restored, gt)
     return s.psnr, s.ssim
+
+
+# ------------------------------------------------------------------------------------------- catalog entries
+_ALIGNMENT_CACHE: Dict[str, Any] = {"key": None, "value": None}
+
+
+def _pair_key(restored: np.ndarray, gt: np.ndarray) -> Tuple[Any, ...]:
+    # By content, not identity: two metrics scoring the same pair get equal arrays that may be distinct objects.
+    digest = hashlib.blake2b(digest_size=16)
+    for a in (restored, gt):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return (restored.shape, restored.dtype.str, gt.shape, gt.dtype.str, digest.hexdigest())
+
+
+def _cached_alignment(restored: np.ndarray, gt: np.ndarray) -> RealBlurAlignment:
+    """:func:`realblur_align` of the pair, reused when the same pair is scored by the PSNR and the SSIM metric."""
+    key = _pair_key(restored, gt)
+    if _ALIGNMENT_CACHE["key"] != key:
+        _ALIGNMENT_CACHE["value"] = realblur_align(restored, gt)
+        _ALIGNMENT_CACHE["key"] = key
+    return _ALIGNMENT_CACHE["value"]
+
+
+class _RealBlurMetric(Metric):
+    """Common part of the RealBlur-aligned metrics: alignment, ECC diagnostics, summary facts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ecc_failures = 0
+
+    def _value(self, al: RealBlurAlignment) -> float:
+        raise NotImplementedError
+
+    def score_with_details(self, restored: np.ndarray, reference: Optional[np.ndarray]) -> Tuple[float, Dict[str, Any]]:
+        al = _cached_alignment(restored, reference)
+        self.ecc_failures += int(not al.ecc_converged)
+        return self._value(al), {"ecc_converged": bool(al.ecc_converged)}
+
+    def score(self, restored: np.ndarray, reference: Optional[np.ndarray]) -> float:
+        return self.score_with_details(restored, reference)[0]
+
+    def describe(self) -> Dict[str, Any]:
+        # no border crop and no Y conversion: the RealBlur protocol scores the aligned RGB images as they are
+        return {"crop_border": 0, "test_y_channel": False, "ecc_failures": self.ecc_failures}
+
+
+_ALIGN_TEXT = ("official RealBlur ECC evaluation (intensity scaling of the output to the GT, ECC homography aligning "
+               "the output onto the GT)")
+
+
+@register_metric("psnr_realblur", better="higher", needs_reference=True, title="(aligned) PSNR", unit="dB",
+                 details=("ecc_converged",))
+class RealBlurPSNR(_RealBlurMetric):
+    """PSNR after the official RealBlur ECC alignment of the output onto the GT (masked, peak 1)."""
+
+    def _value(self, al: RealBlurAlignment) -> float:
+        return masked_psnr(al.gt, al.aligned, al.mask)
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "aligned": True}
+
+    def protocol(self) -> str:
+        return f"masked PSNR after the {_ALIGN_TEXT}"
+
+
+@register_metric("ssim_realblur", better="higher", needs_reference=True, title="(aligned) SSIM",
+                 details=("ecc_converged",))
+class RealBlurSSIM(_RealBlurMetric):
+    """SSIM after the official RealBlur ECC alignment (scikit-image Gaussian SSIM, mask-averaged per channel)."""
+
+    def _value(self, al: RealBlurAlignment) -> float:
+        return masked_ssim(al.gt, al.aligned, al.mask)
+
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "variant": "RealBlur masked SSIM"}
+
+    def protocol(self) -> str:
+        return f"masked Gaussian SSIM after the {_ALIGN_TEXT}"

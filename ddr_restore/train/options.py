@@ -226,7 +226,7 @@ _METRIC = Key(
     open=True,  # crop_border, test_y_channel, ... go to the metric function
     children={
         "type": Key(("str",), required=True),
-        # default: the metric's own direction (METRIC_BETTER of ddr_restore.metrics), else "higher"
+        # only for a plain registered function; a catalog metric declares its own (ddr_restore.metrics.catalog)
         "better": Key(("str", "none"), default=None, choices=("higher", "lower", None)),
     },
 )
@@ -507,7 +507,7 @@ def _check_registry_entry(registry: Any, cfg: Mapping[str, Any], where: str, dro
 
 def _check_components(opt: Dict[str, Any], errors: List[str]) -> None:
     """Resolve every ``type:`` name and check its keyword arguments against the class, without building it."""
-    from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
+    from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
     from ddr_restore.train import schedulers
 
     if isinstance(opt.get("network_g"), Mapping):
@@ -525,7 +525,9 @@ def _check_components(opt: Dict[str, Any], errors: List[str]) -> None:
         _check_registry_entry(LOSS_REGISTRY, term.cfg, term.where, (), (), errors)
     for name, cfg in ((opt.get("val") or {}).get("metrics") or {}).items():
         if isinstance(cfg, Mapping):
-            _check_registry_entry(METRIC_REGISTRY, cfg, f"val.metrics.{name}", ("better",), (), errors)
+            from ddr_restore.metrics.catalog import metric_option_errors  # builds the (cheap) metric: values too
+
+            errors.extend(metric_option_errors(cfg, f"val.metrics.{name}"))
     for key, lookup in (("optim_g", schedulers.optimizer_class), ("scheduler", schedulers.scheduler_class)):
         cfg = train.get(key)
         if isinstance(cfg, Mapping) and isinstance(cfg.get("type"), str):

@@ -182,12 +182,19 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _metric_better(metric_type: str) -> str:
-    try:
-        from ddr_restore.metrics.psnr_ssim import METRIC_BETTER
-    except ImportError:
-        return "higher"
-    return METRIC_BETTER.get(metric_type, "higher")
+def _build_val_metrics(metrics_opt: Mapping[str, Mapping[str, Any]], device: torch.device) -> Dict[str, Any]:
+    """``val.metrics`` as catalog metrics (:mod:`ddr_restore.metrics.catalog`), loaded on ``device``.
+
+    Built once per trainer (LPIPS and CLIP load once, not per image or per validation); each metric's direction
+    (``info.better``) drives best-value tracking.
+    """
+    from ddr_restore.metrics.catalog import create_metric
+
+    metrics = {}
+    for name, cfg in metrics_opt.items():
+        options = {k: v for k, v in cfg.items() if k != "type"}
+        metrics[name] = create_metric(cfg["type"], where=f"val.metrics.{name}", **options).to(device).load()
+    return metrics
 
 
 def _weights_hash(net: nn.Module) -> str:
@@ -728,8 +735,13 @@ class Trainer:
         device = self.dist.device
         max_save = val_opt.get("max_save_images", 4)
         names = list(metrics_opt)
-        metric_fns = [(METRIC_REGISTRY.get(metrics_opt[n]["type"]),
-                       {k: v for k, v in metrics_opt[n].items() if k not in ("type", "better")}) for n in names]
+        if getattr(self, "_val_metrics", None) is None:
+            self._val_metrics = _build_val_metrics(metrics_opt, device)
+            for name, metric in self._val_metrics.items():
+                for note in metric.caveats():
+                    self.logger.warning("val.metrics.%s: %s", name, note)
+        metrics = [self._val_metrics[n] for n in names]
+        needs_gt = [n for n, m in zip(names, metrics) if m.info.needs_reference]
         try:
             for set_idx, (phase, label, ds) in enumerate(self.val_sets):
                 need_input = label not in self.input_metrics
@@ -744,16 +756,18 @@ class Trainer:
                     out = model(lq)
                     out_img = tensor2img(out)
                     gt_img = tensor2img(item["gt"]) if "gt" in item else None
-                    if names and gt_img is None:
-                        raise InputError(f"val.metrics: datasets.{phase} items have no 'gt' image to compare with")
+                    if needs_gt and gt_img is None:
+                        raise InputError(f"val.metrics.{needs_gt[0]}: compares with a target, but datasets.{phase} "
+                                         "items have no 'gt' image (use a no-reference metric such as q_ddr)")
                     lq_img = tensor2img(item["lq"])
                     same_size = gt_img is not None and lq_img.shape == gt_img.shape
                     scores, in_scores = [], []
-                    for j, (fn, kwargs) in enumerate(metric_fns):
-                        scores.append(float(fn(out_img, gt_img, **kwargs)))
+                    for j, metric in enumerate(metrics):
+                        ref = gt_img if metric.info.needs_reference else None
+                        scores.append(metric(out_img, ref))
                         sums[j] += scores[-1]
                         if need_input and same_size:
-                            in_scores.append(float(fn(lq_img, gt_img, **kwargs)))
+                            in_scores.append(metric(lq_img, ref))
                             input_sums[j] += in_scores[-1]
                     count += 1
                     input_count += int(same_size)
@@ -797,20 +811,19 @@ class Trainer:
                 f"restored {first}{scores[0]:.2f}{unit}", "target"]
 
     def _record(self, results: Dict[str, Dict[str, float]], iteration: int) -> None:
-        metrics_opt = (self.opt.get("val") or {}).get("metrics") or {}
+        """Update the best values (in each metric's catalog direction), log and write the scalars."""
         for label, values in results.items():
             parts = []
             inputs = self.input_metrics.get(label) or {}
             for name, value in values.items():
-                better = metrics_opt[name].get("better") or _metric_better(metrics_opt[name]["type"])
+                info = self._val_metrics[name].info
                 best = self.best.setdefault(label, {}).get(name)
-                improved = best is None or (value > best["val"] if better == "higher" else value < best["val"])
-                if improved:
+                if info.is_better(value, None if best is None else best["val"]):
                     self.best[label][name] = {"val": value, "iter": iteration}
                 b = self.best[label][name]
                 vs_input = ""
                 if name in inputs:
-                    unit = " dB" if "psnr" in name.lower() else ""
+                    unit = f" {info.unit}" if info.unit else ""
                     vs_input = f"input {inputs[name]:.4f}, {value - inputs[name]:+.4f}{unit}; "
                     self.writer.scalars({f"metrics/{label}/{name}_input": inputs[name]}, iteration)
                 parts.append(f"{name}: {value:.4f} ({vs_input}best {b['val']:.4f} @ iter {b['iter']})")

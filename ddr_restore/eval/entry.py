@@ -1,0 +1,149 @@
+"""``ddr-eval`` command line: parse the arguments, call :func:`ddr_restore.eval.evaluate`, print the result line.
+
+Presets and protocols: :mod:`ddr_restore.eval.presets`; metrics: ``--metrics`` names catalog metrics
+(``ddr_restore.metrics.list_metrics()``; default: the preset's set ``psnr ssim lpips q_ddr``). Modes:
+``--opt OPTION.yml --checkpoint net_g_X.pth`` runs the network on every input; ``--restored DIR`` scores existing
+outputs matched to the targets by file name. Writes ``per_image.csv``, ``summary.json`` and optionally the outputs
+(``--save-images``) and side-by-side grids (``--grid N``) to ``--out`` (default ``results/<name>``); earlier
+results there are archived or replaced, never mixed.
+
+Images are RGB: a greyscale or RGBA file stops the run unless ``--gray replicate`` / ``--alpha drop`` says what
+to do with it. Every user error is one ``ddr-eval: error: ...`` line and exit status 2; ``--debug`` adds the
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ddr_restore.errors import run_console
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddr-eval`` argument parser."""
+    from ddr_restore.cli import add_version_argument
+    from ddr_restore.eval.evaluate import ALPHA_CHOICES, GRAY_CHOICES
+    from ddr_restore.eval.presets import PRESETS
+
+    p = argparse.ArgumentParser(
+        prog="ddr-eval",
+        description="Evaluate a restoration network (or saved outputs) on GoPro, RealBlur or paired folders.",
+        epilog="An existing results folder is never mixed with a new run: it is moved to "
+               "<out>_archived_<timestamp>, or replaced with --overwrite. Errors are one line and exit status 2 "
+               "(--debug adds the traceback). Example: ddr-eval --preset gopro --root datasets/GoPro "
+               "--opt experiments/<name>/<file>.yml --checkpoint experiments/<name>/models/net_g_latest.pth "
+               "--metrics psnr ssim lpips",
+    )
+    add_version_argument(p)
+    p.add_argument("--preset", choices=list(PRESETS), default="folder",
+                   help="dataset layout and protocol (default folder)")
+    p.add_argument("--root", help="dataset root: datasets/GoPro (gopro), the RealBlur folder (realblur, with --list)")
+    p.add_argument("--input-dir", help="folder of degraded inputs (overrides the preset layout)")
+    p.add_argument("--target-dir", help="folder of ground-truth images (overrides the preset layout)")
+    p.add_argument("--list", dest="list_file", help="RealBlur list file (lines 'gt_rel blur_rel'), relative to --root")
+    src = p.add_argument_group("what to score (either --opt and --checkpoint, or --restored)")
+    src.add_argument("-opt", "--opt", help="training/test option file (YAML); its network_g is built (use the copy "
+                     "in experiments/<name>/: it is the one the checkpoint was trained with)")
+    src.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override one option of --opt (VALUE parsed as YAML, as train.py --set); repeatable, "
+                          "e.g. --set network_g.width=32")
+    src.add_argument("--checkpoint", help="net_g_<iter>.pth (params_ema preferred, else params)")
+    src.add_argument("--restored", help="folder of existing outputs, matched to targets by file name")
+    src.add_argument("--no-ema", action="store_true", help="load 'params' even when 'params_ema' exists")
+    src.add_argument("--no-tlc", action="store_true", help="build NAFNet instead of NAFNetLocal (TLC)")
+    src.add_argument("--tile", type=int, default=None, help="tile side for tiled inference (default: whole image)")
+    src.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
+    src.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype on CUDA (default fp32)")
+    src.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    m = p.add_argument_group("metrics (the metric catalog: ddr-train --list metrics)")
+    m.add_argument("--metrics", nargs="+", metavar="NAME",
+                   help="catalog metrics to report, one CSV column each, e.g. --metrics psnr ssim lpips q_ddr "
+                        "(default: psnr ssim lpips q_ddr, those whose weights cannot be loaded are skipped; for "
+                        "--preset realblur psnr/ssim are the ECC-aligned variants). A named metric that cannot "
+                        "be loaded is an error")
+    m.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each border (PSNR/SSIM; "
+                                                                  "default 0)")
+    m.add_argument("--test-y-channel", action="store_true", default=None,
+                   help="PSNR/SSIM on BT.601 Y instead of RGB")
+    m.add_argument("--lpips-net", default=None, choices=["alex", "vgg"], help="LPIPS backbone (default alex)")
+    m.add_argument("--ddr-pretrained", default=None,
+                   help="CLIP weights for Q_DDR: an open_clip tag, a checkpoint path, or 'none' (random CLIP; "
+                        "recorded as such); default $DDR_CLIP_CHECKPOINT if set, else 'openai'")
+    m.add_argument("--ddr-backbone", default=None, help="open_clip model name for Q_DDR (default ViT-B-32)")
+    m.add_argument("--no-lpips", action="store_true",
+                   help="deprecated, use --metrics: keep the LPIPS column of the default set empty")
+    m.add_argument("--no-ddr", action="store_true",
+                   help="deprecated, use --metrics: keep the Q_DDR column of the default set empty")
+    img = p.add_argument_group("image files (RGB expected, as in training and ddr-score)")
+    img.add_argument("--gray", choices=GRAY_CHOICES, default="error",
+                     help="greyscale files: 'error' (default) stops with the file's name, 'replicate' copies the "
+                          "grey channel to R, G and B")
+    img.add_argument("--alpha", choices=ALPHA_CHOICES, default="error",
+                     help="RGBA files: 'error' (default) stops with the file's name, 'drop' ignores the alpha "
+                          "channel")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--name", help="run name (default: the option file's name, or the restored folder's name)")
+    o.add_argument("--out", help="output folder (default results/<name>); if it holds earlier results they are "
+                                 "moved to <out>_archived_<timestamp> (see --overwrite)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="delete the earlier results in the output folder instead of archiving them")
+    o.add_argument("--save-images", action="store_true", help="write the restored images (PNG, same names)")
+    o.add_argument("--grid", type=int, default=0, metavar="N", help="write input|restored|target PNGs for N images")
+    o.add_argument("--max-images", type=int, default=None, help="evaluate only the first N pairs (smoke tests)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of an error (default: one 'ddr-eval: error: ...' line, exit 2)")
+    return p
+
+
+def _keywords(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :func:`ddr_restore.eval.evaluate` keywords of the parsed arguments (flags given map to metric options)."""
+    kw: Dict[str, Any] = dict(
+        root=args.root, input_dir=args.input_dir, target_dir=args.target_dir, list_file=args.list_file,
+        max_images=args.max_images, gray=args.gray, alpha=args.alpha, restored_dir=args.restored,
+        metrics=args.metrics, device=args.device,
+        out_dir=args.out, name=args.name, overwrite=args.overwrite, save_images=args.save_images, grid=args.grid,
+        progress=not args.no_progress,
+        # the older flags are the older keywords of evaluate(), translated there into catalog metric options
+        crop_border=args.crop_border, test_y_channel=args.test_y_channel, lpips_net=args.lpips_net,
+        ddr_pretrained=args.ddr_pretrained, ddr_backbone=args.ddr_backbone,
+        disabled={column: f"--no-{flag}" for column, flag, off in (("lpips", "lpips", args.no_lpips),
+                                                                     ("q_ddr", "ddr", args.no_ddr)) if off},
+    )
+    if args.restored is None:
+        kw.update(option_file=args.opt, checkpoint=args.checkpoint, overrides=args.overrides,
+                  prefer_ema=not args.no_ema, tlc=not args.no_tlc, tile=args.tile, tile_overlap=args.tile_overlap,
+                  amp=args.amp)
+    return kw
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Console script ``ddr-eval``; prints the mean metrics and where the files went.
+
+    A user error prints one ``ddr-eval: error: ...`` line and exits with status 2 (``--debug``: with traceback).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.restored is None and (args.opt is None or args.checkpoint is None):
+        parser.error("give --opt and --checkpoint (run a network) or --restored DIR (score saved outputs)")
+    if args.restored is not None and (args.opt is not None or args.checkpoint is not None):
+        parser.error("--restored cannot be combined with --opt/--checkpoint")
+    if args.overrides and args.opt is None:
+        parser.error("--set applies to the option file; it needs --opt")
+    if args.metrics is not None and (args.no_lpips or args.no_ddr):
+        parser.error("--no-lpips/--no-ddr apply to the default metric set; with --metrics leave the metric out")
+
+    from ddr_restore.eval.evaluate import evaluate
+    from ddr_restore.eval.report import result_line
+
+    summary = run_console("ddr-eval", lambda: evaluate(args.preset, **_keywords(args)), debug=args.debug)
+    print(result_line(summary))
+    print(f"wrote {summary['outputs']['csv']} and {Path(summary['outputs']['csv']).with_name('summary.json')}")
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
