@@ -175,3 +175,41 @@ def test_probe_follows_proxy_settings(monkeypatch):
         assert probe_endpoint("https://no-such-host.invalid", timeout=2) is not None
     closed = _closed_port()
     assert "Connection refused" in (probe_endpoint(f"http://127.0.0.1:{closed}", timeout=2) or "")
+
+
+def test_ddr_eval_fails_in_one_line_naming_its_flag(tmp_path):
+    from skimage import data as skdata
+
+    from ddr_restore.imageio import write_image
+
+    for sub in ("restored", "target"):
+        write_image(tmp_path / sub / "a.png", skdata.astronaut()[:64, :64])
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", "from ddr_restore.cli import eval_main; eval_main()",
+                           "--preset", "folder", "--restored", str(tmp_path / "restored"),
+                           "--target-dir", str(tmp_path / "target"), "--metrics", "psnr", "q_ddr",
+                           "--ddr-pretrained", "openai", "--out", str(tmp_path / "res")],
+                          env=_no_network_env(tmp_path), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    wall = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert wall < 40, f"ddr-eval took {wall:.1f}s to fail"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ddr-eval: error:")]
+    assert len(errors) == 1, proc.stderr
+    _assert_actionable(errors[0], "--ddr-pretrained /path/to/ViT-B-32.pt")
+    assert "DDR(" not in errors[0]
+
+
+def test_train_fails_in_one_line_naming_the_option_key(tmp_path):
+    demo = Path(__file__).resolve().parents[1] / "options" / "demo" / "nafnet_ddr_demo.yml"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", "from ddr_restore.cli import train_main; train_main()",
+                           "-opt", str(demo), "--set", "train.total_iter=1", "--set", "train.ddr_opt.pretrained=openai",
+                           "--set", f"path.experiments_root={tmp_path / 'exp'}"],
+                          env=_no_network_env(tmp_path), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    wall = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert wall < 60, f"train.py took {wall:.1f}s to fail"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ddr-train: error:")]
+    assert len(errors) == 1, proc.stderr
+    _assert_actionable(errors[0], "train.ddr_opt.pretrained: /path/to/ViT-B-32.pt")
+    assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").rglob("*.pth"))

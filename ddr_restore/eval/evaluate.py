@@ -263,6 +263,8 @@ def _build_slots(cfg: EvalConfig, dev: torch.device) -> List[MetricSlot]:
     for column, spec in specs.items():
         options = {k: v for k, v in spec.items() if k != "type"}
         metric = create_metric(spec.get("type", column), where=f"metrics.{column}", **options)
+        if hasattr(metric, "switch_hint"):  # Q_DDR: a missing CLIP names ddr-eval's own flag
+            metric.switch_hint = "--ddr-pretrained"
         status = (f"disabled ({cfg.disabled[column]})" if column in cfg.disabled
                   else _load(column, metric, dev, required=cfg.metrics is not None))
         slots.append(MetricSlot(column, metric.info, metric, status))

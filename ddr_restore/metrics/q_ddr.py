@@ -30,11 +30,15 @@ class QDDRMetric(Metric):
         self.backbone = backbone
         self.pretrained = pretrained
         self._ddr: Any = None
+        # Which user-facing switch sets ``pretrained`` (named when CLIP weights cannot be obtained): set by the
+        # caller, e.g. "--ddr-pretrained" (ddr-eval) or "val.metrics.q_ddr.pretrained" (an option file).
+        self.switch_hint: Optional[str] = None
 
     def _load(self) -> None:
         from ddr_restore.ddr.descriptor import DDR
 
-        self._ddr = DDR(backbone=self.backbone, pretrained=self.pretrained).to(self.device).eval()
+        self._ddr = DDR(backbone=self.backbone, pretrained=self.pretrained,
+                        switch_hint=self.switch_hint).to(self.device).eval()
 
     def _move(self, device: Any) -> None:
         self._ddr = self._ddr.to(device)

@@ -193,7 +193,10 @@ def _build_val_metrics(metrics_opt: Mapping[str, Mapping[str, Any]], device: tor
     metrics = {}
     for name, cfg in metrics_opt.items():
         options = {k: v for k, v in cfg.items() if k != "type"}
-        metrics[name] = create_metric(cfg["type"], where=f"val.metrics.{name}", **options).to(device).load()
+        metric = create_metric(cfg["type"], where=f"val.metrics.{name}", **options)
+        if hasattr(metric, "switch_hint"):  # Q_DDR: a missing CLIP names this option key
+            metric.switch_hint = f"val.metrics.{name}.pretrained"
+        metrics[name] = metric.to(device).load()
     return metrics
 
 
@@ -737,6 +740,8 @@ class Trainer:
         names = list(metrics_opt)
         if getattr(self, "_val_metrics", None) is None:
             self._val_metrics = _build_val_metrics(metrics_opt, device)
+        if not getattr(self, "_val_caveats_logged", False):
+            self._val_caveats_logged = True
             for name, metric in self._val_metrics.items():
                 for note in metric.caveats():
                     self.logger.warning("val.metrics.%s: %s", name, note)
@@ -875,6 +880,9 @@ class Trainer:
             self._build_train_loader()
             self._build_val_sets()
             self._build_model(resume)
+            if self.val_sets and (opt.get("val") or {}).get("metrics"):
+                # LPIPS / CLIP weights of val.metrics load now: a missing file stops the run before anything is written
+                self._val_metrics = _build_val_metrics(opt["val"]["metrics"], self.dist.device)
 
             self._prepare_folder(resuming=resume is not None)
             log_file = _new_log_file(self.exp_dir, opt["name"]) if self.dist.is_main else None
