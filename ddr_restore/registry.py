@@ -51,6 +51,10 @@ class Registry:
             self._builtin_loaded = True
             for module in self._builtin_modules:
                 importlib.import_module(module)
+            # Installed packages' parts (entry-point group ddr_restore.plugins), once per process, on first lookup.
+            from ddr_restore.plugins import load_entry_points
+
+            load_entry_points()
 
     def get(self, name: str) -> Callable[..., Any]:
         """Return the object registered as ``name``; unknown names raise a KeyError listing what exists."""
@@ -58,8 +62,11 @@ class Registry:
         try:
             return self._objects[name]
         except KeyError:
+            from ddr_restore.plugins import describe_loaded
+
             raise KeyError(
                 f"unknown {self.kind} type {name!r}; registered {self.kind} types: {', '.join(self.keys()) or '(none)'}"
+                f"; {describe_loaded()}"
             ) from None
 
     def keys(self) -> list:

@@ -231,6 +231,10 @@ def load_restoration_model(
     from ddr_restore.train.checkpoint import load_network
 
     opt = load_option_file(option_file, overrides) if option_file is not None else None
+    if opt and opt.get("imports"):  # the user's own networks, registered by the modules the option file names
+        from ddr_restore.plugins import import_modules
+
+        import_modules(opt["imports"], key=f"{option_file}: imports")
     where = f"{option_file}: network_g" if option_file is not None else "network_g"
     net_opt = network_options(opt, network_opt, tlc=tlc, where=where)
     net = _build_network(net_opt, where)

@@ -11,6 +11,8 @@ Key names follow BasicSR (``docs/Config.md``); see :data:`SCHEMA` for the full l
 * ``path.experiments_root`` is the folder that holds the run folders (default ``experiments`` under the current
   working directory); it is made absolute when the options are resolved, so a resumed run finds its states
   wherever it is started from. The run folder is ``<experiments_root>/<name>``.
+* ``imports: [my_project.archs, ...]`` (not in BasicSR): modules imported before the rest is validated, so that the
+  parts they register with ddr_restore's decorators can be named by ``type:`` (see :mod:`ddr_restore.plugins`).
 * ``--set a.b=VALUE`` replaces BasicSR's ``--force_yml`` (which used ``exec``/``eval``): VALUE is parsed with
   ``yaml.safe_load``.
 
@@ -236,6 +238,8 @@ _LOSS_TERM = Key(("map", "none"), default=None, children={"type": Key(("str",), 
 
 SCHEMA: Dict[str, Key] = {
     "name": Key(("str",), required=True),
+    # users' modules that register parts (ddr_restore.plugins), imported before the rest is validated
+    "imports": Key(("list[str]", "none"), default=[]),
     "model_type": Key(("str", "none"), default="DDRModel", choices=MODEL_TYPE_ALIASES + (None,)),
     "scale": Key(("int",), default=1, check=_positive),
     "num_gpu": Key(("int", "str"), default="auto", check=_num_gpu),
@@ -497,7 +501,10 @@ def _check_registry_entry(registry: Any, cfg: Mapping[str, Any], where: str, dro
     if not isinstance(name, str):
         return
     if name not in registry:
-        errors.append(f"{where}.type: unknown {registry.kind} type {name!r}; registered: {', '.join(registry.keys())}")
+        from ddr_restore.plugins import describe_loaded
+
+        errors.append(f"{where}.type: unknown {registry.kind} type {name!r}; registered: {', '.join(registry.keys())}"
+                      f"; {describe_loaded()}")
         return
     kwargs = {k: v for k, v in cfg.items() if k != "type" and k not in drop}
     for k in extra:
@@ -571,6 +578,7 @@ def validate_options(opt: Mapping[str, Any], check_components: bool = True) -> D
     """
     if not isinstance(opt, Mapping):
         raise OptionsError(f"options: expected a mapping, got {type(opt).__name__}")
+    _import_user_modules(opt.get("imports"))
     errors: List[str] = []
     out = _check_mapping(opt, SCHEMA, "", errors)
     _check_consistency(out, errors)
@@ -585,6 +593,20 @@ def validate_options(opt: Mapping[str, Any], check_components: bool = True) -> D
         if out["path"].get(key):
             out["path"][key] = str(Path(os.path.expanduser(out["path"][key])).resolve())
     return out
+
+
+def _import_user_modules(imports: Any) -> None:
+    """Import the ``imports:`` modules first, so that the checks below see the parts they register."""
+    if imports is None:
+        return
+    if not isinstance(imports, (list, tuple)):
+        raise OptionsError(f"imports: expected a list of module names (e.g. [my_project.losses]), got {imports!r}")
+    from ddr_restore.plugins import import_modules
+
+    try:
+        import_modules(imports, key="imports")
+    except InputError as err:
+        raise OptionsError(str(err)) from err
 
 
 def parse_options(path: Union[str, os.PathLike], overrides: Sequence[str] = (), check_components: bool = True) -> Dict[str, Any]:
@@ -635,6 +657,7 @@ RESUME_MUTABLE: Tuple[str, ...] = (
     "num_gpu", "dist_params", "dist_params.*", "find_unused_parameters",
     "path", "path.*",
     "name", "model_type", "is_train",
+    "imports",  # where the parts' code is imported from; the parts themselves (network_g, losses) are compared
     "train.losses.*.switch_hint",  # compared after the aliases are moved into train.losses (_canonical_losses)
 )
 
