@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 __all__ = [
     "UserError",
@@ -70,7 +70,3 @@ def run_console(prog: str, fn: Callable[[], T], debug: bool = False,
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
 
-
-def first_line(text: Optional[str]) -> str:
-    """The first line of a message (for summaries)."""
-    return (text or "").strip().splitlines()[0] if text and text.strip() else ""

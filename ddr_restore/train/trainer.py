@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader
 
 from ddr_restore.errors import CheckpointError, InputError, MissingPathError, UserError
 from ddr_restore.imageio import tensor2img, write_image
-from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
+from ddr_restore.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY
 from ddr_restore.train import checkpoint as ckpt
 from ddr_restore.train.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed
 from ddr_restore.train.logger import (MetricWriter, Progress, before_after_image, close_text_logger, log_to_file_only,
