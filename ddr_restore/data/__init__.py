@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from ddr_restore.data import paired, synthetic  # noqa: F401  (registration side effects)
 from ddr_restore.data.paired import PairedImageDataset
+from ddr_restore.data.realsr import RealSRPairedDataset  # noqa: F401  (registers the RealSR/DRealSR dataset)
 from ddr_restore.data.synthetic import SyntheticMotionBlurDataset
 from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.registry import DATASET_REGISTRY
