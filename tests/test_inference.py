@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -276,3 +277,172 @@ def test_nafnet_local_full_res_tiled_close(capsys):
         print(f"\n[tiled vs untiled, tiny random NAFNetLocal] max |diff| = {diff:.3e}")
     assert full.shape == x.shape and torch.isfinite(full).all()
     assert diff < 0.05
+
+
+# ------------------------------------------------------------------------------------ super-resolution (scale > 1)
+class StrictNearestSR(nn.Module):
+    """Nearest-neighbour x``scale``; insists on inputs padded to its size_multiple (as an arch without padding)."""
+
+    size_multiple = 8
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        assert x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0, x.shape
+        s = self.scale
+        return x.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1) + self.dummy
+
+
+class SmallConvSR(nn.Module):
+    """Three 3x3 convs at LR (radius 3 LR pixels), PixelShuffle, plus the bicubic upsampling (radius 2)."""
+
+    size_multiple = 4
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.scale = scale
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(8, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x):
+        return self.body(x) + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+class WrongScale(nn.Module):
+    def __init__(self, declared: int, actual: int) -> None:
+        super().__init__()
+        self.scale, self.actual = declared, actual
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=self.actual, mode="nearest") + self.dummy if self.actual > 1 else x
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("hw", [(17, 33), (5, 7), (64, 40)])
+def test_sr_pad_and_crop_odd_sizes(scale, hw):
+    """LR padded to size_multiple, HR cropped to (h*s, w*s): the nearest upsampling comes back exactly."""
+    net = StrictNearestSR(scale)
+    x = torch.rand(3, *hw)
+    expected = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    for tile in (None, 16):
+        y = restore(net, x, tile=tile, tile_overlap=4, pad_mode="zeros")
+        assert y.shape == (3, hw[0] * scale, hw[1] * scale)
+        # Blending equal values is exact only up to rounding: (a*w1 + a*w2) / (w1 + w2).
+        assert torch.allclose(y, expected, atol=1e-6, rtol=0), tile
+    assert all(h % 8 == 0 and w % 8 == 0 for h, w in net.seen)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_sr_tiled_equals_untiled_small_receptive_field(scale, capsys):
+    net = SmallConvSR(scale).eval()
+    x = torch.rand(1, 3, 61, 83, generator=torch.Generator().manual_seed(1))
+    full = restore(net, x)
+    tiled = restore(net, x, tile=40, tile_overlap=16)  # blend margin 16//4 = 4 LR px >= radius 3
+    diff = (full - tiled).abs().max().item()
+    with capsys.disabled():
+        print(f"\n[SR x{scale} tiled vs untiled, conv net radius 3, tile 40 overlap 16] max |diff| = {diff:.3e}")
+    assert full.shape == (1, 3, 61 * scale, 83 * scale)
+    # x2 agrees to ~1e-7; x3 to ~5e-6: F.interpolate maps output pixel i to (i + 0.5) / 3 - 0.5 in float32, which
+    # rounds differently at i and i + 3 * left, so PyTorch's bicubic itself is not exactly shift-equivariant at x3.
+    assert diff < 1e-5
+    # Weights built at LR and stretched, or tiles placed at LR offsets, would not match: tell the two apart.
+    with torch.no_grad():
+        wrong = restore(net, x, tile=40, tile_overlap=2)  # margin 0: tile borders leak into the blend
+    assert (wrong - full).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "bicubic"])
+def test_sr_nafnet_restore_matches_forward_and_tiles(upsampler, capsys):
+    """A real NAFNet x2 (no U-Net levels: receptive radius 2 LR px): restore == net(x), tiled == untiled."""
+    from ddr_restore.archs import NAFNet
+
+    torch.manual_seed(0)
+    net = NAFNet(width=8, middle_blk_num=0, enc_blk_nums=[], dec_blk_nums=[], upscale=2, upsampler=upsampler).eval()
+    x = torch.rand(1, 3, 45, 70, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        direct = net(x)
+    full = restore(net, x)
+    tiled = restore(net, x, tile=40, tile_overlap=16)
+    diff = (full - tiled).abs().max().item()
+    with capsys.disabled():
+        print(f"\n[NAFNet x2 {upsampler} tiled vs untiled, tile 40 overlap 16] max |diff| = {diff:.3e}")
+    assert full.shape == (1, 3, 90, 140) and torch.allclose(full, direct, atol=1e-6, rtol=0)
+    assert diff < 1e-5
+
+
+def test_sr_unet_restore_pads_like_the_net():
+    """NAFNet x3 with two levels on a size that needs padding: restore (replicate, the arch's pad_mode) == net(x)."""
+    from ddr_restore.archs import NAFNet, Restormer
+
+    torch.manual_seed(0)
+    for net in (NAFNet(**{k: v for k, v in TINY_NAFNET.items() if k != "type"}, upscale=3),
+                Restormer(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], upscale=3)):
+        net.eval()
+        x = torch.rand(1, 3, 19, 21, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            direct = net(x)
+        y = restore(net, x)
+        assert y.shape == (1, 3, 57, 63)
+        assert torch.allclose(y, direct, atol=1e-5, rtol=0), type(net).__name__
+
+
+def test_sr_wrong_output_size_is_an_error():
+    x = torch.rand(3, 16, 16)
+    with pytest.raises(InputError, match=r"2 times its input .* \(1, 3, 16, 16\)"):
+        restore(WrongScale(declared=2, actual=1), x)
+    with pytest.raises(InputError, match="3 times its input"):
+        restore(WrongScale(declared=3, actual=2), torch.rand(3, 40, 40), tile=16, tile_overlap=4)
+    with pytest.raises(InputError, match="the size of its input"):
+        restore(WrongScale(declared=1, actual=2), x)
+    with pytest.raises(InputError, match="scale must be a positive integer"):
+        restore(WrongScale(declared=0.5, actual=1), x)
+
+
+def test_model_scale_looks_through_wrappers():
+    from torch.optim.swa_utils import AveragedModel
+
+    from ddr_restore.archs import NAFNet
+    from ddr_restore.eval.inference import model_scale, model_size_multiple
+
+    net = NAFNet(width=4, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1], upscale=4, upsampler="bicubic")
+    assert model_scale(net) == 4 and model_size_multiple(net) == 1  # 2 // gcd(2, 4)
+    for wrapped in (nn.DataParallel(net), AveragedModel(net), AveragedModel(nn.DataParallel(net))):
+        assert model_scale(wrapped) == 4 and model_size_multiple(wrapped) == 1
+    assert model_scale(SmallConvNet()) == 1  # declares none: a restoration net
+    with pytest.raises(InputError, match="WrongScale.scale"):
+        model_scale(WrongScale(declared="2", actual=2))
+
+
+def test_sr_network_options_and_checkpoint_round_trip(tmp_path):
+    """upscale/upsampler survive the TLC switch; train_size is the LR crop gt_size // upscale; strict load works."""
+    sr = {**TINY_NAFNET, "upscale": 4}
+    opt = {"network_g": dict(sr), "datasets": {"train": {"gt_size": 128}}}
+    local = network_options(opt, tlc=True)
+    assert local["type"] == "NAFNetLocal" and local["upscale"] == 4 and local["train_size"] == (1, 3, 32, 32)
+    assert network_options({"network_g": dict(sr)}, tlc=True)["train_size"] == (1, 3, 64, 64)
+    plain = network_options({"network_g": {**local, "upsampler": "bicubic"}}, tlc=False)
+    assert plain == {**TINY_NAFNET, "upscale": 4, "upsampler": "bicubic"}
+
+    params, ema = _states(sr)
+    ckpt = tmp_path / "net_g_5.pth"
+    torch.save({"params": params, "params_ema": ema}, ckpt)
+    opt_file = tmp_path / "sr.yml"
+    opt_file.write_text(yaml.safe_dump({"name": "sr", **opt}))
+    net = load_restoration_model(opt_file, ckpt)
+    assert type(net).__name__ == "NAFNetLocal" and net.scale == 4 and tuple(net.train_size) == (1, 3, 32, 32)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    assert restore(net, torch.rand(3, 20, 24)).shape == (3, 80, 96)
+    with pytest.raises(CheckpointError, match="net_g_5.pth"):  # an x4 head does not fit an x2 network
+        load_restoration_model(opt_file, ckpt, overrides=["network_g.upscale=2"])
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump({"network_g": {**sr, "upscale": 8}}))
+    with pytest.raises(InputError, match=r"network_g\.upscale must be 1, 2, 3 or 4, got 8"):
+        load_restoration_model(bad)

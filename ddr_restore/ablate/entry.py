@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the ablation's name (default: the grid file's stem, else the base file's)")
     p.add_argument("--test-set", metavar="SPEC",
                    help="what every final checkpoint is scored on: a datasets.* phase of the base options (default "
-                        "val), or PRESET:PATH with PRESET gopro (PATH = datasets/GoPro) or folder (PATH holds "
-                        "input/ and target/)")
+                        "val), or PRESET:PATH with PRESET gopro (PATH = datasets/GoPro), folder (PATH holds "
+                        "input/ and target/), sr (PATH holds LR input/ and HR target/) or realsr (PATH = a RealSR V3 "
+                        "or DRealSR root); sr/realsr use the base options' scale")
     p.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics (default: the grid file's, else psnr ssim "
                                                                 "lpips)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells trained at the same time (default 1)")
@@ -67,9 +68,9 @@ def parse_test_set(text: str) -> Dict[str, Any]:
     if ":" not in text:
         return {"dataset": text}
     preset, path = text.split(":", 1)
-    if preset not in ("gopro", "folder") or not path:
-        raise InputError(f"--test-set {text!r}: expected a datasets.* phase (e.g. val), gopro:PATH or folder:PATH "
-                         "(RealBlur lists: use test: in a grid file)")
+    if preset not in ("gopro", "folder", "sr", "realsr") or not path:
+        raise InputError(f"--test-set {text!r}: expected a datasets.* phase (e.g. val), gopro:PATH, folder:PATH, "
+                         "sr:PATH or realsr:PATH (RealBlur lists: use test: in a grid file)")
     return {"preset": preset, "root": path}
 
 

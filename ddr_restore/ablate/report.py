@@ -200,7 +200,7 @@ def _csv_bytes(rows: Sequence[Mapping[str, Any]], axes: Sequence[Axis], metrics:
     return buf.getvalue().encode("utf-8")
 
 
-_DATA_KEYS = ("dataroot_lq", "dataroot_gt", "meta_info_file", "gt_size", "length")
+_DATA_KEYS = ("dataroot", "layout", "dataroot_lq", "dataroot_gt", "meta_info_file", "gt_size", "length")
 
 
 def _header(spec: AblationSpec, cells: Sequence[Cell], rows: Sequence[Mapping[str, Any]], out_dir: Path) -> str:

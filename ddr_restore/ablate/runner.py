@@ -59,7 +59,8 @@ DEFAULT_METRICS = ("psnr", "ssim", "lpips")
 #: ``metric_options`` (e.g. ``{crop_border: 4, lpips.net: vgg}``), the network's ``tlc``/``prefer_ema``/``tile``/
 #: ``tile_overlap``/``amp``, ``device`` (default ``auto``) and ``max_images``
 EVAL_KNOBS = ("metric_options", "tile", "tile_overlap", "amp", "device", "max_images", "tlc", "prefer_ema")
-_PRESET_KEYS = ("preset", "root", "input_dir", "target_dir", "list_file")
+_PATH_KEYS = ("root", "input_dir", "target_dir", "list_file")
+_PRESET_KEYS = ("preset",) + _PATH_KEYS + ("scale", "layout", "cameras", "filename_tmpl")  # sr/realsr: scale, ...
 EXIT_INTERRUPTED = 130
 EXIT_USER_ERROR = 2
 
@@ -198,22 +199,28 @@ def resolve_test(test: Optional[Mapping[str, Any]], base_opt: Mapping[str, Any],
         else:
             raise InputError(f"test.dataset: expected a datasets.* name (e.g. val) or a dataset mapping, got "
                              f"{source!r}")
-        where = _materialize(cfg, Path(out_dir) / TEST_SET, base_opt.get("scale", 1), echo).resolve()
+        scale = int(base_opt.get("scale") or 1)
+        where = _materialize(cfg, Path(out_dir) / TEST_SET, scale, echo).resolve()
         spec = {"preset": "folder", "input_dir": str(where / "input"), "target_dir": str(where / "target"),
                 "dataset": cfg}
+        if scale > 1:  # super-resolution: LR inputs, the SR protocol (Y channel, crop_border = scale)
+            spec.update(preset="sr", scale=scale)
     else:
         unknown = [k for k in test if k not in _PRESET_KEYS]
         if unknown or "preset" not in test:
-            raise InputError(f"test: {', '.join(unknown) or 'preset'}: a test set is {{preset: gopro|realblur|folder, "
-                             f"root/input_dir/target_dir/list_file: ...}} or {{dataset: ...}} (other keys: "
+            raise InputError(f"test: {', '.join(unknown) or 'preset'}: a test set is {{preset: gopro|realblur|folder|sr|realsr, "
+                             f"root/input_dir/target_dir/list_file[/scale/layout/cameras/filename_tmpl]: ...}} or {{dataset: ...}} (other keys: "
                              f"{', '.join(EVAL_KNOBS)})")
-        spec = {k: (str(Path(os.path.expanduser(str(v))).resolve()) if k != "preset" and v is not None else v)
+        spec = {k: (str(Path(os.path.expanduser(str(v))).resolve()) if k in _PATH_KEYS and v is not None else v)
                 for k, v in test.items()}
+        if spec["preset"] in ("sr", "realsr") and spec.get("scale") is None and int(base_opt.get("scale") or 1) > 1:
+            spec["scale"] = int(base_opt["scale"])  # the base options' scale, unless the test set names one
         from ddr_restore.eval.presets import collect_items
 
         # Pair the test set now: a missing folder must not wait until the first cell has trained.
+        sr_keys = {k: spec[k] for k in ("scale", "layout", "cameras", "filename_tmpl") if spec.get(k) is not None}
         collect_items(spec["preset"], spec.get("root"), spec.get("input_dir"), spec.get("target_dir"),
-                      spec.get("list_file"))
+                      spec.get("list_file"), **sr_keys)
     return {"test": spec, "eval": knobs, "metrics": metrics}
 
 
@@ -588,7 +595,10 @@ def run_ablation(
         raise InputError("the inline launcher runs one cell at a time (jobs=1)")
     out = Path(out_dir) if out_dir is not None else Path("ablations") / str(spec.name)
     base_opt = load_options(spec.base)
-    evaluation = resolve_test(spec.test, base_opt, out, spec.metrics, echo)
+    # The test set comes from the base options as every cell sees them: --set / set: overrides (e.g. a data
+    # folder) apply to it too; grid axes do not (the test set is common to all cells).
+    test_opt = apply_overrides(base_opt, [*spec.common, *spec.last], where="set: ")
+    evaluation = resolve_test(spec.test, test_opt, out, spec.metrics, echo)
     evaluation = json.loads(json.dumps(evaluation, default=str))
     plans = plan_cells(spec, out, evaluation, base_opt, echo=echo)
     total = len(plans)

@@ -6,6 +6,7 @@ released NAFNet weights load with ``strict=True``. Only ``torch`` is imported so
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence, Tuple
 
@@ -22,6 +23,12 @@ except ImportError:  # pragma: no cover - only when lifted out of the package
 
     def _register(name=None):  # type: ignore[no-redef]
         return lambda obj: obj
+
+
+try:  # a user error (one line, exit 2 in the console scripts) inside ddr_restore; a plain ValueError outside
+    from ddr_restore.errors import InputError as _OptionError
+except ImportError:  # pragma: no cover - only when lifted out of the package
+    _OptionError = ValueError  # type: ignore[assignment,misc]
 
 
 __all__ = ["LayerNorm2d", "SimpleGate", "LocalAvgPool2d", "NAFBlock", "NAFNet", "NAFNetLocal", "count_parameters"]
@@ -154,9 +161,43 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> i
     return value
 
 
+_UPSCALES = (1, 2, 3, 4)
+_UPSAMPLERS = ("pixelshuffle", "bicubic")
+
+
+def _check_upscale(arch: str, upscale: object, upsampler: object) -> Tuple[int, str]:
+    """Validate the super-resolution options of ``arch``; returns ``(upscale, upsampler)``.
+
+    Raises ``InputError`` (a ``ValueError``) naming the option (``network_g.upscale`` / ``network_g.upsampler``).
+    """
+    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale not in _UPSCALES:
+        raise _OptionError(f"{arch}: network_g.upscale must be 1, 2, 3 or 4, got {upscale!r}")
+    if upsampler not in _UPSAMPLERS:
+        raise _OptionError(f"{arch}: network_g.upsampler must be 'pixelshuffle' or 'bicubic', got {upsampler!r}")
+    return upscale, str(upsampler)
+
+
+def _bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)``; fp16/bf16 computed in fp32.
+
+    PyTorch's bicubic clamps at the border (as edge replication would), so the result inside the image does not
+    depend on how the image was padded with :func:`_replicate_pad` before.
+    """
+    dtype = x.dtype
+    xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    return F.interpolate(xf, scale_factor=scale, mode="bicubic", align_corners=False).to(dtype)
+
+
+def _replicate_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom/right to a multiple of ``multiple`` by repeating the last row/column."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+
+
 @_register()
 class NAFNet(nn.Module):
-    """NAFNet U-Net for image restoration; input/output (B, img_channel, H, W), any H, W.
+    """NAFNet U-Net for image restoration; input (B, img_channel, H, W), any H, W; output ``upscale`` times larger.
 
     Args:
         img_channel: input/output channels.
@@ -166,9 +207,30 @@ class NAFNet(nn.Module):
         dec_blk_nums: NAFBlocks per decoder level (same length as ``enc_blk_nums``).
         drop_out_rate: dropout inside the blocks.
         use_checkpoint: gradient checkpointing per block while training (saves memory, costs compute).
+        upscale: 1 (restoration: output the size of the input, the published network) or 2, 3, 4 for
+            super-resolution of a true low-resolution input (output ``upscale`` times larger).
+        upsampler: how ``upscale > 1`` is done (ignored when ``upscale == 1``):
+
+            * ``"pixelshuffle"`` (default; cheap, NAFSSR-like): the U-Net runs at the low resolution, its last
+              conv ``ending`` outputs ``img_channel * upscale**2`` channels that ``PixelShuffle(upscale)``
+              rearranges to the high resolution, and the global residual is the bicubic upsampling of the input,
+              so an untrained network starts near bicubic interpolation. Use it for training SR from scratch.
+            * ``"bicubic"`` (classical pre-upsampling, as in SRCNN/VDSR): the input is bicubic-upsampled first
+              and the unchanged network runs at the high resolution. It costs about ``upscale**2`` times the compute
+              and activation memory of ``"pixelshuffle"``, but has exactly the parameters of the ``upscale=1``
+              network, so restoration weights (e.g. a deblurring checkpoint) load into it strictly and can be
+              fine-tuned for SR.
+
+    Attributes:
+        scale: the output/input size ratio (= ``upscale``); inference code reads it.
+        size_multiple: the low-resolution input is padded to a multiple of this internally; padding it to that
+            multiple outside (tiled inference) gives the same result.
+        pad_mode: only with ``upscale > 1``: ``"replicate"``, the padding used internally (zeros would leak into
+            the bicubic upsampling at the bottom/right border).
     """
 
     size_multiple: int = 16
+    scale: int = 1
 
     def __init__(
         self,
@@ -179,6 +241,8 @@ class NAFNet(nn.Module):
         dec_blk_nums: Sequence[int] = (1, 1, 1, 1),
         drop_out_rate: float = 0.0,
         use_checkpoint: bool = False,
+        upscale: int = 1,
+        upsampler: str = "pixelshuffle",
     ) -> None:
         super().__init__()
         _check_positive_int("NAFNet img_channel", img_channel)
@@ -190,9 +254,12 @@ class NAFNet(nn.Module):
             raise ValueError(
                 f"NAFNet enc_blk_nums and dec_blk_nums must have the same length, got {enc_blk_nums} and {dec_blk_nums}"
             )
+        self.scale, self.upsampler = _check_upscale(type(self).__name__, upscale, upsampler)
+        # The head's width is the only parameter that depends on the scale (and only with pixel shuffle).
+        head = self.scale ** 2 if (self.scale > 1 and self.upsampler == "pixelshuffle") else 1
         self.use_checkpoint = bool(use_checkpoint)
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
-        self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        self.ending = nn.Conv2d(width, img_channel * head, 3, padding=1)
         self.encoders = nn.ModuleList()
         self.decoders = nn.ModuleList()
         self.ups = nn.ModuleList()
@@ -208,7 +275,16 @@ class NAFNet(nn.Module):
             self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False), nn.PixelShuffle(2)))
             chan //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(chan, drop_out_rate=drop_out_rate) for _ in range(num)]))
-        self.size_multiple = 2 ** len(self.encoders)
+        body_multiple = 2 ** len(self.encoders)
+        self.body_multiple = body_multiple  # what the U-Net itself needs, at the resolution it runs at
+        self.size_multiple = body_multiple
+        if self.scale > 1:
+            self.pad_mode = "replicate"
+            if self.upsampler == "pixelshuffle":
+                self.shuffle = nn.PixelShuffle(self.scale)  # no parameters: the state dict only has `ending`
+            else:
+                # The body runs at HR: an LR side that is a multiple of m / gcd(m, s) is one of m after upsampling.
+                self.size_multiple = body_multiple // math.gcd(body_multiple, self.scale)
 
     def _run(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -217,15 +293,9 @@ class NAFNet(nn.Module):
             return x
         return blocks(x)
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        """Restore ``inp`` (B, C, H, W); zero-pads to a multiple of ``size_multiple`` and crops back."""
-        if inp.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) tensor, got shape {tuple(inp.shape)}")
-        h, w = inp.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (m - h % m) % m, (m - w % m) % m
-        x_in = F.pad(inp, (0, pw, 0, ph)) if (ph or pw) else inp
-        x = self.intro(x_in)
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net from ``intro`` to the last decoder; ``x``'s sides must be multiples of ``body_multiple``."""
+        x = self.intro(x)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = self._run(encoder, x)
@@ -235,21 +305,43 @@ class NAFNet(nn.Module):
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
             x = up(x) + skip
             x = self._run(decoder, x)
-        x = self.ending(x) + x_in
+        return x
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        """Restore ``inp`` (B, C, H, W) -> (B, C, H * scale, W * scale); pads internally and crops back."""
+        if inp.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects a (B, C, H, W) tensor, got shape {tuple(inp.shape)}")
+        h, w = inp.shape[-2:]
+        s = self.scale
+        if s > 1:
+            x_in = _replicate_pad(inp, self.size_multiple)
+            if self.upsampler == "bicubic":
+                x_up = _bicubic_upsample(x_in, s)  # a multiple of body_multiple: the body needs no padding
+                return (self.ending(self._features(x_up)) + x_up)[..., :h * s, :w * s]
+            x = self.shuffle(self.ending(self._features(x_in)))[..., :h * s, :w * s]
+            # The residual comes from the unpadded input; bicubic clamps at the border, which equals what it
+            # would read from the replicate-padded one, so tiles of a padded image get the same values.
+            return x + _bicubic_upsample(inp, s)
+        m = self.size_multiple
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        x_in = F.pad(inp, (0, pw, 0, ph)) if (ph or pw) else inp
+        x = self.ending(self._features(x_in)) + x_in
         return x[..., :h, :w]
 
 
-def _tlc_kernel(train_hw: Tuple[int, int], multiple: int, level: int) -> Tuple[int, int]:
+def _tlc_kernel(train_hw: Tuple[int, int], multiple: int, level: int, scale: int = 1) -> Tuple[int, int]:
     """Kernel of the level-``level`` pool: 1.5x the feature size that level sees at the training resolution.
 
-    Reproduces what a dummy forward at ``train_size`` would fix (feature = padded train size / 2**level,
-    kernel = feature * int(1.5 * train) // train), without running one.
+    Reproduces what a dummy forward at ``train_size`` would fix (feature = padded train size * ``scale`` /
+    2**level, kernel = feature * int(1.5 * t) // t with ``t`` the side the U-Net body sees, ``train * scale``),
+    without running one. ``scale`` > 1 is the bicubic pre-upsampling SR mode, where the body runs at HR.
     """
     out = []
     for t in train_hw:
-        padded = -(-t // multiple) * multiple
+        padded = -(-t // multiple) * multiple * scale
+        body_t = t * scale
         feat = padded >> level
-        out.append(max(1, feat * int(1.5 * t) // t))
+        out.append(max(1, feat * int(1.5 * body_t) // body_t))
     return out[0], out[1]
 
 
@@ -262,9 +354,12 @@ class NAFNetLocal(NAFNet):
     1280x720 GoPro frames) statistics stay local, as during training on crops.
 
     Args:
-        img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums, drop_out_rate, use_checkpoint: as in
-            :class:`NAFNet` (spelled out, not ``**kwargs``, so option files are checked against them up front).
-        train_size: (N, C, H, W) (or (H, W)) of the training crops.
+        img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums, drop_out_rate, use_checkpoint, upscale,
+            upsampler: as in :class:`NAFNet` (spelled out, not ``**kwargs``, so option files are checked
+            against them up front).
+        train_size: (N, C, H, W) (or (H, W)) of the training *input* crops. With ``upscale > 1`` that is the
+            low-resolution crop (``gt_size // upscale``), as in NAFSSR's option files; the windows follow the
+            resolution the U-Net body runs at (LR with ``"pixelshuffle"``, HR with ``"bicubic"``).
         fast_imp: accepted for option-file compatibility; the exact cumulative-sum pool used here is already
             O(HW), so ``True`` only emits a warning and uses it.
     """
@@ -280,10 +375,13 @@ class NAFNetLocal(NAFNet):
         use_checkpoint: bool = False,
         train_size: Sequence[int] = (1, 3, 256, 256),
         fast_imp: bool = False,
+        upscale: int = 1,
+        upsampler: str = "pixelshuffle",
     ) -> None:
         super().__init__(
             img_channel=img_channel, width=width, middle_blk_num=middle_blk_num, enc_blk_nums=enc_blk_nums,
             dec_blk_nums=dec_blk_nums, drop_out_rate=drop_out_rate, use_checkpoint=use_checkpoint,
+            upscale=upscale, upsampler=upsampler,
         )
         train_size = tuple(train_size)
         if len(train_size) not in (2, 4) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
@@ -295,12 +393,17 @@ class NAFNetLocal(NAFNet):
         self.train_size = train_size
         self.fast_imp = bool(fast_imp)
         train_hw = (train_size[-2], train_size[-1])
+        if self.scale > 1 and self.upsampler == "bicubic":
+            # The body sees the LR crop padded to size_multiple, then upsampled.
+            multiple, body_scale = self.size_multiple, self.scale
+        else:
+            multiple, body_scale = self.body_multiple, 1
         depth = len(self.encoders)
         levels = [(blocks, i) for i, blocks in enumerate(self.encoders)]
         levels.append((self.middle_blks, depth))
         levels += [(blocks, depth - 1 - i) for i, blocks in enumerate(self.decoders)]
         for blocks, level in levels:
-            kernel = _tlc_kernel(train_hw, self.size_multiple, level)
+            kernel = _tlc_kernel(train_hw, multiple, level, body_scale)
             for blk in blocks:
                 blk.sca[0] = LocalAvgPool2d(kernel)  # index 0 holds no parameters: state dicts are unchanged
 

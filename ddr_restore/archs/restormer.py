@@ -6,7 +6,8 @@ released Restormer weights load with ``strict=True``. Only ``torch`` is imported
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,12 @@ except ImportError:  # pragma: no cover - only when lifted out of the package
 
     def _register(name=None):  # type: ignore[no-redef]
         return lambda obj: obj
+
+
+try:  # a user error (one line, exit 2 in the console scripts) inside ddr_restore; a plain ValueError outside
+    from ddr_restore.errors import InputError as _OptionError
+except ImportError:  # pragma: no cover - only when lifted out of the package
+    _OptionError = ValueError  # type: ignore[assignment,misc]
 
 
 __all__ = ["ChannelLayerNorm", "MDTA", "GDFN", "TransformerBlock", "Restormer", "pad_to_multiple"]
@@ -186,9 +193,36 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
+_UPSCALES = (1, 2, 3, 4)
+_UPSAMPLERS = ("pixelshuffle", "bicubic")
+
+
+def _check_upscale(upscale: object, upsampler: object) -> Tuple[int, str]:
+    """Validate ``upscale`` / ``upsampler``; ``InputError`` (a ``ValueError``) naming the option otherwise."""
+    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale not in _UPSCALES:
+        raise _OptionError(f"Restormer: network_g.upscale must be 1, 2, 3 or 4, got {upscale!r}")
+    if upsampler not in _UPSAMPLERS:
+        raise _OptionError(f"Restormer: network_g.upsampler must be 'pixelshuffle' or 'bicubic', got {upsampler!r}")
+    return upscale, str(upsampler)
+
+
+def _bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic ``scale``-times upsampling (``align_corners=False``, border clamped); fp16/bf16 computed in fp32."""
+    dtype = x.dtype
+    xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    return F.interpolate(xf, scale_factor=scale, mode="bicubic", align_corners=False).to(dtype)
+
+
+def _replicate_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom/right to a multiple of ``multiple`` by repeating the last row/column."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+
+
 @_register()
 class Restormer(nn.Module):
-    """Restormer U-Net; input (B, inp_channels, H, W) with any H, W (reflect-padded to 8 internally).
+    """Restormer U-Net; input (B, inp_channels, H, W) with any H, W (padded to 8 internally), output ``upscale`` x.
 
     Args:
         inp_channels, out_channels: image channels in and out.
@@ -201,9 +235,29 @@ class Restormer(nn.Module):
         LayerNorm_type: ``"WithBias"`` (deblurring/deraining) or ``"BiasFree"`` (denoising).
         dual_pixel_task: dual-pixel defocus variant (6 input channels, extra skip conv, no global residual).
         use_checkpoint: gradient checkpointing per block while training.
+        upscale: 1 (restoration: output the size of the input, the published network) or 2, 3, 4 for
+            super-resolution of a true low-resolution input (output ``upscale`` times larger). Not with
+            ``dual_pixel_task``.
+        upsampler: how ``upscale > 1`` is done (ignored when ``upscale == 1``):
+
+            * ``"pixelshuffle"`` (default; cheap, as NAFSSR does it): the U-Net runs at the low resolution, the
+              ``output`` conv gives ``out_channels * upscale**2`` channels that ``PixelShuffle(upscale)``
+              rearranges to the high resolution, and the global residual is the bicubic upsampling of the input,
+              so an untrained network starts near bicubic interpolation. Use it for training SR from scratch.
+            * ``"bicubic"`` (classical pre-upsampling, as in SRCNN/VDSR): the input is bicubic-upsampled first
+              and the unchanged network runs at the high resolution: about ``upscale**2`` times the compute and
+              activation memory of ``"pixelshuffle"``, but exactly the parameters of the ``upscale=1`` network,
+              so restoration weights load into it strictly for fine-tuning.
+
+    Attributes:
+        scale: the output/input size ratio (= ``upscale``); inference code reads it.
+        size_multiple: the (low-resolution) input is padded to a multiple of this internally.
+        pad_mode: only with ``upscale > 1``: ``"replicate"``, the padding used internally (the bicubic
+            upsampling clamps at the border too, so padding never changes it inside the image).
     """
 
     size_multiple: int = 8
+    scale: int = 1
 
     def __init__(
         self,
@@ -218,8 +272,14 @@ class Restormer(nn.Module):
         LayerNorm_type: str = "WithBias",  # noqa: N803  (option name used by released configs)
         dual_pixel_task: bool = False,
         use_checkpoint: bool = False,
+        upscale: int = 1,
+        upsampler: str = "pixelshuffle",
     ) -> None:
         super().__init__()
+        self.scale, self.upsampler = _check_upscale(upscale, upsampler)
+        if self.scale > 1 and dual_pixel_task:
+            raise _OptionError(f"Restormer: network_g.upscale={self.scale} cannot be combined with dual_pixel_task "
+                               "(the dual-pixel variant has no global residual to upsample)")
         num_blocks, heads = list(num_blocks), list(heads)
         if len(num_blocks) != 4 or len(heads) != 4:
             raise ValueError(f"Restormer num_blocks and heads need 4 entries each, got {num_blocks} and {heads}")
@@ -258,7 +318,17 @@ class Restormer(nn.Module):
         self.refinement = stage(dim * 2, num_refinement_blocks, heads[0])
         if self.dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
-        self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=bias)
+        # The head's width is the only parameter that depends on the scale (and only with pixel shuffle).
+        head = self.scale ** 2 if (self.scale > 1 and self.upsampler == "pixelshuffle") else 1
+        self.output = nn.Conv2d(dim * 2, out_channels * head, 3, padding=1, bias=bias)
+        self.body_multiple = type(self).size_multiple  # what the U-Net needs, at the resolution it runs at
+        if self.scale > 1:
+            self.pad_mode = "replicate"
+            if self.upsampler == "pixelshuffle":
+                self.shuffle = nn.PixelShuffle(self.scale)  # no parameters: the state dict only has `output`
+            else:
+                # The body runs at HR: an LR side that is a multiple of m / gcd(m, s) is one of m after upsampling.
+                self.size_multiple = self.body_multiple // math.gcd(self.body_multiple, self.scale)
 
     def _run(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -267,12 +337,11 @@ class Restormer(nn.Module):
             return x
         return blocks(x)
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        """Restore ``inp`` (B, C, H, W); output has the same spatial size."""
-        if inp.dim() != 4:
-            raise ValueError(f"Restormer expects a (B, C, H, W) tensor, got shape {tuple(inp.shape)}")
-        h, w = inp.shape[-2:]
-        x_in = pad_to_multiple(inp, self.size_multiple)
+    def _decode(self, x_in: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The U-Net through the refinement blocks: ``(features, patch embedding)``.
+
+        ``x_in``'s sides must be multiples of ``body_multiple``.
+        """
         emb = self.patch_embed(x_in)
         e1 = self._run(self.encoder_level1, emb)
         e2 = self._run(self.encoder_level2, self.down1_2(e1))
@@ -283,7 +352,25 @@ class Restormer(nn.Module):
         d2 = self.reduce_chan_level2(torch.cat([self.up3_2(d3), e2], dim=1))
         d2 = self._run(self.decoder_level2, d2)
         d1 = self._run(self.decoder_level1, torch.cat([self.up2_1(d2), e1], dim=1))
-        d1 = self._run(self.refinement, d1)
+        return self._run(self.refinement, d1), emb
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        """Restore ``inp`` (B, C, H, W) -> (B, C_out, H * scale, W * scale); pads internally and crops back."""
+        if inp.dim() != 4:
+            raise ValueError(f"Restormer expects a (B, C, H, W) tensor, got shape {tuple(inp.shape)}")
+        h, w = inp.shape[-2:]
+        s = self.scale
+        if s > 1:
+            x_in = _replicate_pad(inp, self.size_multiple)
+            if self.upsampler == "bicubic":
+                x_up = _bicubic_upsample(x_in, s)  # a multiple of body_multiple: the body needs no padding
+                d1, _ = self._decode(x_up)
+                return (self.output(d1) + x_up)[..., :h * s, :w * s]
+            d1, _ = self._decode(x_in)
+            # Residual from the unpadded input: bicubic clamps at the border, equal to reading the replicate pad.
+            return self.shuffle(self.output(d1))[..., :h * s, :w * s] + _bicubic_upsample(inp, s)
+        x_in = pad_to_multiple(inp, self.size_multiple)
+        d1, emb = self._decode(x_in)
         if self.dual_pixel_task:
             out = self.output(d1 + self.skip_conv(emb))
         else:

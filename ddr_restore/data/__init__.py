@@ -7,11 +7,12 @@ from typing import Any, Mapping
 from ddr_restore.data import paired, synthetic  # noqa: F401  (registration side effects)
 from ddr_restore.data.paired import PairedImageDataset
 from ddr_restore.data.realsr import RealSRPairedDataset  # noqa: F401  (registers the RealSR/DRealSR dataset)
+from ddr_restore.data.sr_synthetic import SyntheticSRDataset  # registers the on-the-fly SR dataset
 from ddr_restore.data.synthetic import SyntheticMotionBlurDataset
 from ddr_restore.errors import InputError, MissingPathError
 from ddr_restore.registry import DATASET_REGISTRY
 
-__all__ = ["LOADER_KEYS", "build_dataset", "PairedImageDataset", "SyntheticMotionBlurDataset"]
+__all__ = ["LOADER_KEYS", "build_dataset", "PairedImageDataset", "SyntheticMotionBlurDataset", "SyntheticSRDataset"]
 
 # Keys of a `datasets.<phase>` section that configure the DataLoader / trainer, not the dataset itself.
 LOADER_KEYS = (

@@ -1,7 +1,9 @@
 """``ddr-eval`` command line: parse the arguments, call :func:`ddr_restore.eval.evaluate`, print the result line.
 
-Presets and protocols: :mod:`ddr_restore.eval.presets`; metrics: ``--metrics`` names catalog metrics
-(``ddr_restore.metrics.list_metrics()``; default: the preset's set ``psnr ssim lpips q_ddr``). Modes:
+Presets and protocols: :mod:`ddr_restore.eval.presets` (``gopro``, ``realblur``, ``folder``; super-resolution:
+``sr --scale N`` on LR/HR folders and ``realsr --scale N --root <RealSR V3 or DRealSR>``); metrics: ``--metrics``
+names catalog metrics (``ddr_restore.metrics.list_metrics()``; default: the preset's set ``psnr ssim lpips q_ddr``,
+for SR ``psnr_y ssim_y psnr_rgb ssim_rgb lpips q_ddr`` with ``crop_border = scale``). Modes:
 ``--opt OPTION.yml --checkpoint net_g_X.pth`` runs the network on every input; ``--restored DIR`` scores existing
 outputs matched to the targets by file name. Writes ``per_image.csv``, ``summary.json`` and optionally the outputs
 (``--save-images``) and side-by-side grids (``--grid N``) to ``--out`` (default ``results/<name>``); earlier
@@ -30,20 +32,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="ddr-eval",
-        description="Evaluate a restoration network (or saved outputs) on GoPro, RealBlur or paired folders.",
-        epilog="An existing results folder is never mixed with a new run: it is moved to "
+        description="Evaluate a restoration or super-resolution network (or saved outputs) on GoPro, RealBlur, "
+                    "RealSR/DRealSR or paired folders.",
+        epilog="Super-resolution (--preset sr|realsr --scale N): the HR target is cropped to LR size x N (at most N-1 "
+               "px, MATLAB modcrop; more is an error naming both files); psnr_y/ssim_y on the BT.601 Y channel and "
+               "psnr_rgb/ssim_rgb on RGB, all with crop_border N (--crop-border overrides), LPIPS and Q_DDR on the "
+               "cropped image; the LR inputs upsampled xN with MATLAB-compatible bicubic imresize are scored too "
+               "(the 'bicubic xN' row, input_<metric> CSV columns) and are the first panel of the grids (bicubic | "
+               "restored | target). A network must upsample by N (network_g.upscale: N). "
+               "An existing results folder is never mixed with a new run: it is moved to "
                "<out>_archived_<timestamp>, or replaced with --overwrite. Errors are one line and exit status 2 "
-               "(--debug adds the traceback). Example: ddr-eval --preset gopro --root datasets/GoPro "
+               "(--debug adds the traceback). Examples: ddr-eval --preset gopro --root datasets/GoPro "
                "--opt experiments/<name>/<file>.yml --checkpoint experiments/<name>/models/net_g_latest.pth "
-               "--metrics psnr ssim lpips",
+               "--metrics psnr ssim lpips; ddr-eval --preset realsr --scale 4 --root datasets/RealSR_V3 --opt "
+               "experiments/<name>/<file>.yml --checkpoint experiments/<name>/models/net_g_latest.pth; ddr-eval "
+               "--preset sr --scale 4 --input-dir LR --target-dir HR --restored results/x4",
     )
     add_version_argument(p)
     p.add_argument("--preset", choices=list(PRESETS), default="folder",
                    help="dataset layout and protocol (default folder)")
-    p.add_argument("--root", help="dataset root: datasets/GoPro (gopro), the RealBlur folder (realblur, with --list)")
-    p.add_argument("--input-dir", help="folder of degraded inputs (overrides the preset layout)")
-    p.add_argument("--target-dir", help="folder of ground-truth images (overrides the preset layout)")
+    p.add_argument("--root", help="dataset root: datasets/GoPro (gopro), the RealBlur folder (realblur, with --list), "
+                                  "the RealSR V3 folder holding Canon/Nikon or a DRealSR folder (realsr), a folder "
+                                  "holding input/+target/, lq/+gt/ or LR/+HR/ (sr)")
+    p.add_argument("--input-dir", help="folder of degraded inputs, for sr the low-resolution images (overrides the "
+                                       "preset layout)")
+    p.add_argument("--target-dir", help="folder of ground-truth images, for sr the high-resolution ones (overrides "
+                                        "the preset layout)")
     p.add_argument("--list", dest="list_file", help="RealBlur list file (lines 'gt_rel blur_rel'), relative to --root")
+    p.add_argument("--filename-tmpl", default="{}", metavar="TMPL",
+                   help="input file stem from the target stem, as BasicSR's filename_tmpl (default '{}'; e.g. '{}x4' "
+                        "pairs HR 0001.png with LR 0001x4.png)")
+    sr = p.add_argument_group("super-resolution (--preset sr or realsr)")
+    sr.add_argument("--scale", type=int, default=None, metavar="N",
+                    help="upsampling factor (required for sr/realsr; realsr: 2, 3 or 4): HR = LR x N, crop_border N")
+    sr.add_argument("--layout", choices=["auto", "realsr", "drealsr"], default="auto",
+                    help="realsr: RealSR V3 (Canon|Nikon/Test/N/<name>_HR.png + <name>_LRN.png) or DRealSR "
+                         "(xN/Test_xN/{test_HR,test_LR}); default auto: RealSR when --root holds Canon or Nikon")
+    sr.add_argument("--camera", dest="cameras", nargs="+", metavar="NAME",
+                    help="realsr layout: camera folders to evaluate (default: Canon and Nikon, those present)")
+    sr.add_argument("--score-input", action=argparse.BooleanOptionalAction, default=None,
+                    help="also score the inputs with the same metrics (SR: LR upsampled with MATLAB bicubic); "
+                         "default: on for sr/realsr, off otherwise")
     src = p.add_argument_group("what to score (either --opt and --checkpoint, or --restored)")
     src.add_argument("-opt", "--opt", help="training/test option file (YAML); its network_g is built (use the copy "
                      "in experiments/<name>/: it is the one the checkpoint was trained with)")
@@ -61,13 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("metrics (the metric catalog: ddr-train --list metrics)")
     m.add_argument("--metrics", nargs="+", metavar="NAME",
                    help="catalog metrics to report, one CSV column each, e.g. --metrics psnr ssim lpips q_ddr "
-                        "(default: psnr ssim lpips q_ddr, those whose weights cannot be loaded are skipped; for "
-                        "--preset realblur psnr/ssim are the ECC-aligned variants). A named metric that cannot "
+                        "(default: psnr ssim lpips q_ddr, for sr/realsr psnr_y ssim_y psnr_rgb ssim_rgb lpips q_ddr; "
+                        "those whose weights cannot be loaded are skipped; for --preset realblur psnr/ssim are the "
+                        "ECC-aligned variants, for sr/realsr the Y-channel ones). A named metric that cannot "
                         "be loaded is an error")
     m.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each border (PSNR/SSIM; "
-                                                                  "default 0)")
+                                                                  "default 0, for sr/realsr the scale)")
     m.add_argument("--test-y-channel", action="store_true", default=None,
-                   help="PSNR/SSIM on BT.601 Y instead of RGB")
+                   help="PSNR/SSIM on BT.601 Y instead of RGB (sr/realsr report both: psnr_y, psnr_rgb, ...)")
     m.add_argument("--lpips-net", default=None, choices=["alex", "vgg"], help="LPIPS backbone (default alex)")
     m.add_argument("--ddr-pretrained", default=None,
                    help="CLIP weights for Q_DDR: an open_clip tag, a checkpoint path, or 'none' (random CLIP; "
@@ -91,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true",
                    help="delete the earlier results in the output folder instead of archiving them")
     o.add_argument("--save-images", action="store_true", help="write the restored images (PNG, same names)")
-    o.add_argument("--grid", type=int, default=0, metavar="N", help="write input|restored|target PNGs for N images")
+    o.add_argument("--grid", type=int, default=0, metavar="N",
+                   help="write input|restored|target PNGs for N images (SR: bicubic|restored|target, equal sizes)")
     o.add_argument("--max-images", type=int, default=None, help="evaluate only the first N pairs (smoke tests)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true",
@@ -104,6 +135,8 @@ def _keywords(args: argparse.Namespace) -> Dict[str, Any]:
     kw: Dict[str, Any] = dict(
         root=args.root, input_dir=args.input_dir, target_dir=args.target_dir, list_file=args.list_file,
         max_images=args.max_images, gray=args.gray, alpha=args.alpha, restored_dir=args.restored,
+        scale=args.scale, layout=args.layout, cameras=args.cameras, filename_tmpl=args.filename_tmpl,
+        score_input=args.score_input,
         metrics=args.metrics, device=args.device,
         out_dir=args.out, name=args.name, overwrite=args.overwrite, save_images=args.save_images, grid=args.grid,
         progress=not args.no_progress,
@@ -137,10 +170,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         parser.error("--no-lpips/--no-ddr apply to the default metric set; with --metrics leave the metric out")
 
     from ddr_restore.eval.evaluate import evaluate
-    from ddr_restore.eval.report import result_line
+    from ddr_restore.eval.report import result_table
 
     summary = run_console("ddr-eval", lambda: evaluate(args.preset, **_keywords(args)), debug=args.debug)
-    print(result_line(summary))
+    print(result_table(summary))
     print(f"wrote {summary['outputs']['csv']} and {Path(summary['outputs']['csv']).with_name('summary.json')}")
     return summary
 

@@ -16,8 +16,15 @@ outputs=Outputs(...)))``. The keyword form routes each keyword to the field of t
 * What is scored: ``option_file`` + ``checkpoint`` (or a built ``net``) run on every input at full resolution
   (:mod:`ddr_restore.eval.inference`: padding, TLC, tiles), or ``restored_dir``: saved outputs matched to the
   targets by name.
-* Test set: a preset (:mod:`ddr_restore.eval.presets`: ``gopro``, ``realblur``, ``folder``) and its folders or
-  RealBlur list; pairs come from the data package.
+* Test set: a preset (:mod:`ddr_restore.eval.presets`: ``gopro``, ``realblur``, ``folder``, ``sr``, ``realsr``)
+  and its folders, RealBlur list or RealSR/DRealSR root; pairs come from the data package.
+* Super-resolution (``sr``/``realsr``, ``scale=N``): the HR target is cropped to ``LR size x N`` (at most ``N - 1``
+  pixels; more is an error naming both files), PSNR/SSIM default to ``crop_border = N`` on the BT.601 Y channel
+  (``psnr_y``, ``ssim_y``) and on RGB (``psnr_rgb``, ``ssim_rgb``); a network whose ``scale`` (``network_g.upscale``)
+  is not N is an error, and so is a scale-1 network on true low-resolution inputs.
+* Input row (``score_input``; on by default for the SR presets): the inputs are scored with the same metrics --
+  for SR the LR image upsampled ``x N`` with the MATLAB-compatible bicubic ``imresize`` -- into the CSV's
+  ``input_<column>`` columns and the summary's ``input_scores``; the grids show it as their first panel.
 * Metrics (:mod:`ddr_restore.metrics.catalog`): ``metrics=None`` is the preset's default set (``psnr ssim lpips
   q_ddr``; for realblur ``psnr``/``ssim`` are the ECC-aligned variants); a metric of the default set whose weights
   cannot be loaded is skipped and the reason recorded. Named metrics (``["psnr", "lpips"]``, or a mapping
@@ -51,7 +58,8 @@ import torch
 
 from ddr_restore.errors import InputError, MissingPathError, UserError
 from ddr_restore.eval import outputs, report
-from ddr_restore.eval.presets import PRESETS, EvalItem, attach_restored, collect_items, preset_metrics
+from ddr_restore.eval.presets import (PRESETS, EvalItem, apply_preset_defaults, attach_restored, check_scale,
+                                      collect_items, preset_metrics, protocol_intro, sr_layout)
 from ddr_restore.eval.report import MetricSlot
 from ddr_restore.imageio import img2tensor, read_image, tensor2img, write_image
 from ddr_restore.metrics.catalog import Metric, create_metric, metric_info
@@ -81,6 +89,10 @@ class TestSet:
     max_images: Optional[int] = None  #: only the first N pairs (smoke tests)
     gray: str = "error"  #: greyscale files: "error" or "replicate"
     alpha: str = "error"  #: RGBA files: "error" or "drop"
+    scale: Optional[int] = None  #: SR presets (sr, realsr): the upsampling factor (required there)
+    layout: str = "auto"  #: realsr: "auto" (detected), "realsr" (RealSR V3) or "drealsr"
+    cameras: Optional[Sequence[str]] = None  #: realsr layout: camera folders (default: Canon and Nikon)
+    filename_tmpl: str = "{}"  #: folder pairing: target stem -> input stem (BasicSR's '{}x4')
 
 
 @dataclass
@@ -122,6 +134,8 @@ class EvalConfig:
     disabled: Mapping[str, str] = field(default_factory=dict)  #: column -> reason: listed, not computed
     outputs: Outputs = field(default_factory=Outputs)
     device: Union[str, torch.device] = "cpu"
+    #: also score the inputs (SR: bicubic-upsampled) with the same metrics; None: the preset's default
+    score_input: Optional[bool] = None
 
     @classmethod
     def from_keywords(cls, preset: str = "folder", **keywords: Any) -> "EvalConfig":
@@ -189,7 +203,13 @@ def _check_config(cfg: EvalConfig) -> bool:
         raise InputError(f"gray must be one of {', '.join(GRAY_CHOICES)}; got {test.gray!r}")
     if test.alpha not in ALPHA_CHOICES:
         raise InputError(f"alpha must be one of {', '.join(ALPHA_CHOICES)}; got {test.alpha!r}")
+    check_scale(test.preset, test.scale)
     return model_mode
+
+
+def _scale(cfg: EvalConfig) -> int:
+    """The run's SR factor (1 for the presets without an SR protocol)."""
+    return check_scale(cfg.test.preset, cfg.test.scale)
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -211,8 +231,10 @@ def _resolve_device(device: Union[str, torch.device]) -> torch.device:
 # ----------------------------------------------------------------------------------------------- metrics
 
 
-def metric_specs(preset: str, metrics: MetricsArg, options: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """``{column: {"type": catalog name, <options>}}`` for a run: names resolved by the preset, options applied.
+def metric_specs(preset: str, metrics: MetricsArg, options: Mapping[str, Any],
+                 scale: int = 1) -> Dict[str, Dict[str, Any]]:
+    """``{column: {"type": catalog name, <options>}}`` for a run: names resolved by the preset, options applied,
+    then the preset's protocol defaults (SR: ``crop_border = scale`` where no option set it).
 
     Raises InputError for an option no selected metric takes (it would silently do nothing).
     """
@@ -233,6 +255,7 @@ def metric_specs(preset: str, metrics: MetricsArg, options: Mapping[str, Any]) -
                              f"{option!r}")
         for c in takers:
             specs[c].setdefault(option, value)
+    apply_preset_defaults(preset, specs, scale, lambda name: metric_info(name).options)
     return specs
 
 
@@ -255,7 +278,7 @@ def _load(column: str, metric: Metric, dev: torch.device, required: bool) -> str
 
 def _build_slots(cfg: EvalConfig, dev: torch.device) -> List[MetricSlot]:
     """Create (and load) every metric of the run once, before any image is read, so a failure shows at once."""
-    specs = metric_specs(cfg.test.preset, cfg.metrics, cfg.metric_options)
+    specs = metric_specs(cfg.test.preset, cfg.metrics, cfg.metric_options, scale=_scale(cfg))
     unknown = [c for c in cfg.disabled if c not in specs]
     if unknown:
         raise InputError(f"disabled: {', '.join(unknown)} not among the metrics ({', '.join(specs)})")
@@ -370,6 +393,24 @@ def _load_network(spec: Network, dev: torch.device) -> Tuple[torch.nn.Module, Di
     return net, info
 
 
+def _check_net_scale(net: torch.nn.Module, cfg: EvalConfig, scale: int) -> int:
+    """The network's scale (``model_scale``: 1 for NAFNet/Restormer as published, ``network_g.upscale`` for SR),
+    checked against the run's ``scale`` (once, before any image is read)."""
+    from ddr_restore.eval.inference import model_scale
+
+    ns = int(model_scale(net))
+    spec = cfg.network or Network()
+    what = (f"the network of {spec.option_file} (checkpoint {spec.checkpoint})" if spec.option_file is not None
+            else "the network")
+    if ns > 1 and not PRESETS[cfg.test.preset].sr:
+        raise InputError(f"{what} upsamples x{ns} (network_g.upscale: {ns}) but --preset {cfg.test.preset} compares "
+                         f"images of one size; use --preset sr --scale {ns} (or realsr)")
+    if ns > 1 and ns != scale:
+        raise InputError(f"--scale {scale} but {what} upsamples x{ns} (network_g.upscale: {ns}); evaluate it with "
+                         f"--scale {ns}, or give a x{scale} network")
+    return ns
+
+
 def _run_network(net: torch.nn.Module, spec: Network, inp: np.ndarray,
                  dev: torch.device) -> Tuple[np.ndarray, float]:
     """The 8-bit output of ``net`` for one input and the inference time in seconds."""
@@ -396,45 +437,228 @@ class _Run:
     dev: torch.device
     out: Path
     slots: List[MetricSlot]
+    scale: int = 1  #: SR factor (1: same-size restoration)
+    score_input: bool = False
     net: Optional[torch.nn.Module] = None
+    net_scale: int = 1
+    #: how many inputs were seen per kind: "low-res" (upsampled for the input row) or "hr-size" (scored as they are)
+    input_kinds: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sr(self) -> bool:
+        """Whether the run follows the SR protocol."""
+        return PRESETS[self.cfg.test.preset].sr
 
 
-def _restored_image(run: _Run, it: EvalItem, inp: Optional[np.ndarray],
-                    target: np.ndarray) -> Tuple[np.ndarray, Optional[float]]:
+def _wxh(img: np.ndarray) -> str:
+    return f"{img.shape[1]}x{img.shape[0]}"
+
+
+@dataclass
+class _Pair:
+    """One pair's images as they are compared: the target (SR: cropped to LR x scale) and the input baseline."""
+
+    target: np.ndarray
+    inp: Optional[np.ndarray]  #: the input as read (SR: the LR image)
+    baseline: Optional[np.ndarray]  #: what the input row scores (SR: bicubic-upsampled LR), target-sized
+    target_note: str = ""  #: how the target was cropped (for size errors)
+
+
+Size = Tuple[int, int]  # (width, height)
+
+
+def _sr_target_size(s: int, inp: Optional[Size], target: Size) -> Optional[Size]:
+    """The (width, height) the SR protocol crops the target to; ``None`` when the sizes do not fit scale ``s``.
+
+    An LR input: ``LR x s`` when the target is that or up to ``s - 1`` px larger (MATLAB modcrop, as the data
+    package does); an input stored at the target's size (registered, RealSR V1/V2): the target as it is; no input
+    (scoring saved outputs alone): the target cropped to a multiple of ``s``.
+    """
+    tw, th = target
+    if inp is None:
+        return tw - tw % s, th - th % s
+    lw, lh = inp
+    if (lw, lh) == (tw, th):
+        return tw, th
+    if (tw // s, th // s) == (lw, lh):
+        return lw * s, lh * s
+    return None
+
+
+def _sr_size_error(s: int, it: EvalItem, inp: Size, target: Size) -> str:
+    (lw, lh), (tw, th) = inp, target
+    return (f"input {it.input_path} is {lw}x{lh} (WxH) but target {it.target_path} is {tw}x{th}; expected "
+            f"{lw * s}x{lh * s} to {lw * s + s - 1}x{lh * s + s - 1} (LR size x scale {s}; a larger target is cropped "
+            f"by at most {s - 1} px), or {tw}x{th} for an input stored at the target's size")
+
+
+def _check_sr_sizes(s: int, items: Sequence[EvalItem]) -> None:
+    """Every pair's sizes against scale ``s`` from the file headers, before any work: one error listing the bad
+    pairs (both files named). Unreadable files are left to the reading, whose errors say more."""
+    from ddr_restore.imageio import scan_image_files
+
+    files = [p for it in items for p in (it.input_path, it.target_path, it.restored_path) if p is not None]
+    headers, _ = scan_image_files(files, gray="replicate", alpha="drop")
+    bad: List[str] = []
+    for it in items:
+        target = headers.get(it.target_path)
+        inp = headers.get(it.input_path) if it.input_path is not None else None
+        if target is None or (it.input_path is not None and inp is None):
+            continue
+        size = _sr_target_size(s, inp.size if inp else None, target.size)
+        if size is None:
+            bad.append(_sr_size_error(s, it, inp.size, target.size))
+            continue
+        restored = headers.get(it.restored_path) if it.restored_path is not None else None
+        if restored is not None and restored.size != size:
+            how = "LR size x scale" if inp is not None else "a multiple of scale"
+            bad.append(f"restored {it.restored_path} is {restored.width}x{restored.height} (WxH) but target "
+                       f"{it.target_path} is {target.width}x{target.height}"
+                       + (f", cropped to {size[0]}x{size[1]} ({how} {s})" if size != target.size else ""))
+    if bad:
+        shown = 2
+        more = f"; ... ({len(bad) - shown} more)" if len(bad) > shown else ""
+        hint = f"; is --scale {s} right?" if len(bad) == len(items) > 1 else ""
+        raise InputError(f"size mismatch at scale {s} ({len(bad)} of {len(items)} pairs): "
+                         f"{'; '.join(bad[:shown])}{more}{hint}")
+
+
+def _sr_pair(run: _Run, it: EvalItem, inp: Optional[np.ndarray], target: np.ndarray) -> _Pair:
+    """The SR protocol's geometry: HR cropped to LR x scale (MATLAB modcrop), LR upsampled by MATLAB bicubic."""
+    s = run.scale
+    th, tw = target.shape[:2]
+    inp_size = (inp.shape[1], inp.shape[0]) if inp is not None else None
+    size = _sr_target_size(s, inp_size, (tw, th))
+    if size is None:
+        raise InputError(f"size mismatch at scale {s}: {_sr_size_error(s, it, inp_size, (tw, th))}")
+    cropped = target[: size[1], : size[0]]
+    how = "LR size x scale" if inp is not None else "a multiple of scale"
+    note = f" (target {tw}x{th} cropped to {size[0]}x{size[1]}, {how} {s})" if size != (tw, th) else ""
+    if inp is None:  # scoring saved outputs without the LR images
+        return _Pair(cropped, None, None, note)
+    if inp_size == (tw, th):  # an LR already stored at HR size (registered, RealSR V1/V2): nothing to upsample
+        run.input_kinds["hr-size"] = run.input_kinds.get("hr-size", 0) + 1
+        return _Pair(cropped, inp, inp)
+    from ddr_restore.data.imresize import imresize
+
+    run.input_kinds["low-res"] = run.input_kinds.get("low-res", 0) + 1
+    return _Pair(cropped, inp, imresize(inp, scale=s), note)
+
+
+def _read_pair(run: _Run, it: EvalItem) -> _Pair:
+    """Read one pair and bring it to the protocol's geometry (checked; errors name both files)."""
+    test = run.cfg.test
+    target = _read_uint8(it.target_path, "target image", test)
+    inp = _read_uint8(it.input_path, "input image", test) if it.input_path is not None else None
+    if run.sr:
+        return _sr_pair(run, it, inp, target)
+    return _Pair(target, inp, inp)
+
+
+def _check_network_input(run: _Run, it: EvalItem, pair: _Pair) -> None:
+    """Whether the network can turn this input into a target-sized output; errors name the files and the fix."""
+    inp, target = pair.inp, pair.target
+    same = inp.shape == target.shape
+    if not run.sr:
+        if not same:
+            raise InputError(f"input {it.input_path} is {_wxh(inp)} but target {it.target_path} is {_wxh(target)}")
+        return
+    spec = run.cfg.network or Network()
+    where = f" of {spec.option_file}" if spec.option_file is not None else ""
+    if not same and run.net_scale == 1:
+        raise InputError(f"input {it.input_path} is {_wxh(inp)}, 1/{run.scale} of target {it.target_path}, but "
+                         f"the network{where} does not upsample (scale 1); give network_g an upsampling head "
+                         f"(network_g.upscale: {run.scale}) and a checkpoint trained with it, or inputs stored at "
+                         f"the target's size")
+    if same and run.net_scale > 1:
+        raise InputError(f"input {it.input_path} is already the size of target {it.target_path} ({_wxh(inp)}) but "
+                         f"the network{where} upsamples x{run.net_scale}; give the low-resolution inputs")
+
+
+def _restored_image(run: _Run, it: EvalItem, pair: _Pair) -> Tuple[np.ndarray, Optional[float]]:
     """The image to score for one pair (network output or saved output), checked against the target's size."""
+    target = pair.target
     if run.net is not None:
-        if inp.shape != target.shape:
-            raise InputError(f"input {it.input_path} is {inp.shape[1]}x{inp.shape[0]} but target "
-                             f"{it.target_path} is {target.shape[1]}x{target.shape[0]}")
-        restored, seconds = _run_network(run.net, run.cfg.network, inp, run.dev)
+        _check_network_input(run, it, pair)
+        restored, seconds = _run_network(run.net, run.cfg.network, pair.inp, run.dev)
         if restored.shape != target.shape:
             raise InputError(f"network output for {it.input_path} is {restored.shape}, target "
-                             f"{it.target_path} is {target.shape} (does the option file describe a "
-                             f"network for this task?)")
+                             f"{it.target_path} is {target.shape}{pair.target_note} (does the option file "
+                             f"describe a network for this task?)")
         return restored, seconds
     restored = _read_uint8(it.restored_path, "restored image", run.cfg.test)
     if restored.shape != target.shape:
-        raise InputError(f"size mismatch: restored {it.restored_path} is {restored.shape[1]}x"
-                         f"{restored.shape[0]} but target {it.target_path} is "
-                         f"{target.shape[1]}x{target.shape[0]}")
+        raise InputError(f"size mismatch: restored {it.restored_path} is {_wxh(restored)} but target "
+                         f"{it.target_path} is {_wxh(target)}{pair.target_note}")
     return restored, None
 
 
+def _input_label(run: _Run, pair: _Pair) -> str:
+    if run.sr and pair.inp is not None and pair.inp.shape != pair.target.shape:
+        return f"bicubic x{run.scale}"
+    return "input"
+
+
 def _evaluate_item(run: _Run, it: EvalItem, with_grid: bool) -> Dict[str, Any]:
-    """Score one pair; write its output image and grid when asked. Returns its CSV row."""
-    test, out_opts = run.cfg.test, run.cfg.outputs
-    target = _read_uint8(it.target_path, "target image", test)
-    inp = _read_uint8(it.input_path, "input image", test) if it.input_path is not None else None
-    restored, seconds = _restored_image(run, it, inp, target)
-    row: Dict[str, Any] = {"name": it.name, **_score(run.slots, restored, target), "seconds": seconds}
+    """Score one pair (and its input, for the input row); write its output image and grid when asked.
+
+    Returns its CSV row.
+    """
+    out_opts = run.cfg.outputs
+    pair = _read_pair(run, it)
+    restored, seconds = _restored_image(run, it, pair)
+    row: Dict[str, Any] = {"name": it.name, **_score(run.slots, restored, pair.target), "seconds": seconds}
+    baseline = pair.baseline
+    input_values: Dict[str, Any] = {}
+    if run.score_input and baseline is not None:
+        if baseline.shape != pair.target.shape:
+            raise InputError(f"input {it.input_path} is {_wxh(baseline)} but target {it.target_path} is "
+                             f"{_wxh(pair.target)}: the input row compares images of one size")
+        scores = _score(run.slots, baseline, pair.target)
+        input_values = {s.column: scores[s.column] for s in run.slots}
+        row.update({report.input_column(c): v for c, v in input_values.items()})
     saved = write_image(run.out / "images" / it.out_rel, restored) if out_opts.save_images else None
     if with_grid:
-        panels = [("input", inp)] if inp is not None and inp.shape == restored.shape else []
-        panels += [(report.grid_caption(run.slots, row), restored), ("target", target)]
+        panels = []
+        if baseline is not None and baseline.shape == restored.shape:
+            label = _input_label(run, pair)
+            panels.append((report.grid_caption(run.slots, input_values, label) if input_values else label, baseline))
+        panels += [(report.grid_caption(run.slots, row), restored), ("target", pair.target)]
         write_image(run.out / "grid" / it.out_rel, report.make_grid(panels))
     row.update({"target_path": str(it.target_path), "input_path": str(it.input_path) if it.input_path else "",
                 "restored_path": str(saved or it.restored_path or "")})
     return row
+
+
+def _input_text(run: _Run, rows: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """How the input row was made (the summary's protocol text and ``input_scores.description``)."""
+    if not run.score_input or not any(report.input_column(s.column) in r for r in rows for s in run.slots):
+        return None
+    if not run.sr:
+        return "the inputs themselves, scored against the targets with the same metrics"
+    parts = []
+    if run.input_kinds.get("low-res"):
+        parts.append(f"each LR input upsampled x{run.scale} with the MATLAB-compatible bicubic imresize "
+                     f"(ddr_restore.data.imresize: Keys cubic a=-0.5, antialiased, computed in float64 from uint8 "
+                     f"and rounded to uint8 after each pass as MATLAB does) ({run.input_kinds['low-res']} images)")
+    if run.input_kinds.get("hr-size"):
+        parts.append(f"inputs already stored at HR size scored as they are ({run.input_kinds['hr-size']} images)")
+    return "; ".join(parts) + ", against the same cropped HR with the same metrics"
+
+
+def _table_label(run: _Run) -> str:
+    """The input row's name in the printed table: ``bicubic xN`` when every SR input was upsampled."""
+    if run.sr and run.input_kinds.get("low-res") and not run.input_kinds.get("hr-size"):
+        return f"bicubic x{run.scale}"
+    return "input"
+
+
+def _crop_border(slots: Sequence[MetricSlot]) -> Optional[int]:
+    """The border the run's computed PSNR/SSIM remove (the first active metric with that option)."""
+    for slot in slots:
+        if slot.active and "crop_border" in slot.info.options:
+            return int(slot.metric.options["crop_border"])
+    return None
 
 
 def _run_description(cfg: EvalConfig, name: str, model_mode: bool, network_info: Mapping[str, Any],
@@ -451,9 +675,13 @@ def _run_description(cfg: EvalConfig, name: str, model_mode: bool, network_info:
         "overrides": list(net.overrides) if net else [],
         "checkpoint": text(net.checkpoint) if net else None,
         "network": dict(network_info) or None,
+        "scale": _scale(cfg),
         "data": {"root": text(test.root), "input_dir": text(test.input_dir), "target_dir": text(test.target_dir),
                  "list_file": text(test.list_file), "restored_dir": text(cfg.restored_dir), "gray": test.gray,
-                 "alpha": test.alpha},
+                 "alpha": test.alpha, "filename_tmpl": test.filename_tmpl,
+                 **({"layout": sr_layout(test.root, test.layout),
+                     "cameras": list(test.cameras) if test.cameras is not None else None, "split": "test"}
+                    if test.preset == "realsr" else {})},
         "device": str(dev),
         "outputs": {"csv": str(out / "per_image.csv"), "images": str(out / "images") if o.save_images else None,
                     "grid": str(out / "grid") if o.grid else None},
@@ -463,12 +691,14 @@ def _run_description(cfg: EvalConfig, name: str, model_mode: bool, network_info:
 def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Dict[str, Any]:
     """Evaluate a network or saved outputs on a test set; write ``per_image.csv``/``summary.json``; return the summary.
 
-    ``config`` is an :class:`EvalConfig`, or a preset name (``"gopro"``, ``"realblur"``, ``"folder"``) with the
-    fields as keywords: ``evaluate("folder", input_dir=..., target_dir=..., option_file=..., checkpoint=...,
-    metrics=["psnr", "lpips"], out_dir=...)``. See the module docstring for metrics, outputs and errors.
+    ``config`` is an :class:`EvalConfig`, or a preset name (``"gopro"``, ``"realblur"``, ``"folder"``, ``"sr"``,
+    ``"realsr"``) with the fields as keywords: ``evaluate("folder", input_dir=..., target_dir=..., option_file=...,
+    checkpoint=..., metrics=["psnr", "lpips"], out_dir=...)``, ``evaluate("sr", scale=4, input_dir=<LR>,
+    target_dir=<HR>, restored_dir=...)``. See the module docstring for metrics, outputs and errors.
 
     The summary holds ``mean`` (``{column: mean value or None}``), ``metrics`` (``{column: {type, better, status,
-    <what the metric records>}}``), ``num_images``, ``protocol``, the run's inputs and timings.
+    <what the metric records>}}``), ``input_scores`` (the input row: ``{description, mean}``, or ``None``),
+    ``num_images``, ``scale``, ``protocol``, the run's inputs and timings.
     """
     if isinstance(config, EvalConfig):
         if keywords:
@@ -481,12 +711,16 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
     dev = _resolve_device(cfg.device)
     test, o = cfg.test, cfg.outputs
 
+    scale = _scale(cfg)
     items = collect_items(test.preset, test.root, test.input_dir, test.target_dir, test.list_file,
-                          need_inputs=model_mode)
+                          need_inputs=model_mode, scale=test.scale, layout=test.layout, cameras=test.cameras,
+                          filename_tmpl=test.filename_tmpl)
     if test.max_images is not None:
         items = items[: max(0, int(test.max_images))]
     if not model_mode:
         attach_restored(items, Path(cfg.restored_dir))
+    if PRESETS[test.preset].sr and not model_mode:  # model mode: after the network's scale is checked
+        _check_sr_sizes(scale, items)
     opt_name = _option_name(cfg.network)  # also reads the option file early: its errors come before any work
     name = o.name or opt_name or (Path(cfg.restored_dir).name if cfg.restored_dir is not None else test.preset)
     out = Path(o.out_dir) if o.out_dir is not None else Path("results") / str(name)
@@ -494,21 +728,31 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
     # Checked before the slow parts (metrics, network) so a refusal comes at once; acted on just before writing.
     holds_results = outputs.check_out_dir(out, [test.root, test.input_dir, test.target_dir, test.list_file,
                                                 cfg.restored_dir, net.option_file, net.checkpoint])
-    run = _Run(cfg, dev, out, _build_slots(cfg, dev))
+    score_input = PRESETS[test.preset].score_input if cfg.score_input is None else bool(cfg.score_input)
+    run = _Run(cfg, dev, out, _build_slots(cfg, dev), scale=scale, score_input=score_input)
     network_info: Dict[str, Any] = {}
     if model_mode:
         run.net, network_info = _load_network(net, dev)
+        run.net_scale = network_info["scale"] = _check_net_scale(run.net, cfg, scale)
+        if run.sr:
+            _check_sr_sizes(scale, items)
+        if items:  # the first pair's sizes against the network before earlier results are moved away
+            _check_network_input(run, items[0], _read_pair(run, items[0]))
+            run.input_kinds.clear()
 
     from tqdm import tqdm
 
     previous = outputs.prepare_out_dir(out, holds_results, o.overwrite)
     rows = [_evaluate_item(run, it, with_grid=i < o.grid)
             for i, it in enumerate(tqdm(items, desc=f"ddr-eval {test.preset}", disable=not o.progress, unit="img"))]
-    report.write_csv(out / "per_image.csv", rows, report.csv_columns(run.slots))
+    input_text = _input_text(run, rows)
+    report.write_csv(out / "per_image.csv", rows, report.csv_columns(run.slots, input_row=input_text is not None))
     infer = [r["seconds"] for r in rows if r["seconds"] is not None]
     timing = {"inference": float(np.mean(infer)) if infer else None,
               "total": (time.perf_counter() - t_start) / max(1, len(rows))}
     description = {**_run_description(cfg, name, model_mode, network_info, dev, out), "previous_results": previous}
-    summary = report.build_summary(description, PRESETS[test.preset].intro, run.slots, rows, timing)
+    intro = protocol_intro(test.preset, scale, _crop_border(run.slots), input_text)
+    summary = report.build_summary(description, intro, run.slots, rows, timing, input_text=input_text,
+                                   input_label=_table_label(run))
     report.write_summary(out / "summary.json", summary)
     return summary

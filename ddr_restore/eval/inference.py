@@ -7,13 +7,16 @@ Two public functions:
   ``NAFNetLocal`` (TLC, test-time local statistics) by default, because NAFNet's published GoPro numbers are
   measured that way (plain NAFNet at 1280x720 loses about 0.6 dB). The weights are the same for both classes.
 * :func:`restore` runs a network on one full-resolution image, with padding to the arch's ``size_multiple``,
-  optional overlapping tiles blended without seams, and optional autocast on CUDA.
+  optional overlapping tiles blended without seams, and optional autocast on CUDA. Super-resolution networks
+  (an arch attribute ``scale`` > 1, read by :func:`model_scale`) are tiled at the input resolution and blended
+  at the output resolution.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -33,6 +36,7 @@ __all__ = [
     "tile_starts",
     "tile_weight",
     "model_size_multiple",
+    "model_scale",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,8 +111,10 @@ def network_options(
 
     ``network_opt`` (if given) wins over ``opt['network_g']``. With ``tlc=True`` a ``NAFNet`` becomes
     ``NAFNetLocal`` with ``train_size=(1, 3, gt, gt)``, ``gt`` being ``datasets.train.gt_size`` of the option
-    file (default 256, NAFNet's GoPro crop); an explicit ``train_size`` is kept. With ``tlc=False`` a
-    ``NAFNetLocal`` becomes plain ``NAFNet`` (its TLC-only keys are dropped).
+    file (default 256, NAFNet's GoPro crop); for a super-resolution net (``upscale: s`` > 1) ``train_size`` is
+    the network's input, the low-resolution crop ``gt // s``. An explicit ``train_size`` is kept. With
+    ``tlc=False`` a ``NAFNetLocal`` becomes plain ``NAFNet`` (its TLC-only keys are dropped; ``upscale`` and
+    ``upsampler`` stay).
     """
     if network_opt is None:
         if opt is None:
@@ -132,6 +138,10 @@ def network_options(
     if arch in local_names and "train_size" not in net_opt:
         gt = _train_gt_size(opt) if opt is not None else None
         gt = gt or _DEFAULT_TLC_SIZE
+        upscale = net_opt.get("upscale", 1)
+        if isinstance(upscale, int) and not isinstance(upscale, bool) and upscale > 1:
+            # gt_size is the HR crop, train_size the LR input; a bad upscale is reported by the arch itself.
+            gt = max(1, gt // upscale)
         net_opt["train_size"] = (1, 3, gt, gt)
     elif arch in local_names:
         net_opt["train_size"] = tuple(int(v) for v in net_opt["train_size"])
@@ -261,10 +271,39 @@ def load_restoration_model(
     return net
 
 
+def _arch_attr(net: nn.Module, name: str, default: Any) -> Any:
+    """Attribute ``name`` of the network inside DataParallel/DDP/EMA (``AveragedModel``) wrappers, else ``default``.
+
+    The wrappers keep the network in ``.module``; the innermost one that declares ``name`` wins.
+    """
+    chain = [net]
+    while len(chain) < 4 and isinstance(getattr(chain[-1], "module", None), nn.Module):
+        chain.append(chain[-1].module)
+    for candidate in reversed(chain):
+        if hasattr(candidate, name):
+            return getattr(candidate, name)
+    return default
+
+
 def model_size_multiple(net: nn.Module) -> int:
-    """The arch's ``size_multiple`` (1 when it declares none); DataParallel/DDP wrappers are looked through."""
-    inner = getattr(net, "module", net)
-    return max(1, int(getattr(inner, "size_multiple", getattr(net, "size_multiple", 1))))
+    """The arch's ``size_multiple`` (1 when it declares none); DataParallel/DDP/EMA wrappers are looked through."""
+    return max(1, int(_arch_attr(net, "size_multiple", 1)))
+
+
+def model_scale(net: nn.Module) -> int:
+    """The arch's ``scale``, its output/input size ratio (1 when it declares none: a restoration network).
+
+    Looks through DataParallel/DDP/EMA wrappers as :func:`model_size_multiple` does. ``NAFNet`` and
+    ``Restormer`` set it from their ``upscale`` option.
+
+    Raises:
+        InputError: the network declares a ``scale`` that is not a positive integer.
+    """
+    value = _arch_attr(net, "scale", 1)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        name = type(getattr(net, "module", net)).__name__
+        raise InputError(f"{name}.scale must be a positive integer (output size / input size), got {value!r}")
+    return int(value)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
@@ -361,20 +400,29 @@ def restore(
     """Run ``net`` on one full-resolution image.
 
     Args:
-        net: a restoration network (B,3,H,W) -> (B,3,H,W); its ``size_multiple`` attribute is honoured.
-        img: (3,H,W) or (1,3,H,W) float tensor in [0,1], any H, W.
-        tile: tile side in pixels (rounded down to a multiple of ``size_multiple``); ``None`` = whole image.
-        tile_overlap: overlap between neighbouring tiles in pixels (tiles are blended with weights that are
-            zero on the outer quarter of each overlap and a raised cosine across the middle, so there are no
-            seams; must be < tile / 2).
+        net: a restoration network (B,3,H,W) -> (B,3,H*s,W*s), ``s`` being its ``scale`` attribute (1 when it
+            has none, see :func:`model_scale`); its ``size_multiple`` attribute is honoured.
+        img: (3,H,W) or (1,3,H,W) float tensor in [0,1], any H, W (the low-resolution input of an SR net).
+        tile: tile side in input pixels (rounded down to a multiple of ``size_multiple``); ``None`` = whole
+            image. Each input tile's output is the ``s`` times larger region it maps to.
+        tile_overlap: overlap between neighbouring tiles in input pixels (tiles are blended, at the output
+            resolution, with weights that are zero on the outer quarter of each overlap and a raised cosine
+            across the middle, so there are no seams; must be < tile / 2).
         amp: ``None`` (fp32), ``"bf16"`` or ``"fp16"`` autocast; only used on CUDA (ignored with a warning on
             CPU, where inference is fp32).
         pad_mode: how the image is padded to ``size_multiple`` before the net sees it: ``"reflect"``,
             ``"replicate"`` or ``"zeros"``; ``None`` follows each arch's official test code (NAFNet: zeros, as its
-            internal padding; anything else: reflect, as Restormer's test script). The pad is cropped off.
+            internal padding; anything else: reflect, as Restormer's test script; an arch may declare its own
+            ``pad_mode``, as NAFNet and Restormer do with ``upscale > 1``: replicate). The pad is cropped off
+            (``(H*s, W*s)`` is kept of the output).
 
     Returns:
-        The float32 output with the input's shape and device, not clamped (evaluation clamps and quantises).
+        The float32 output, (3,H*s,W*s) or (1,3,H*s,W*s), on the input's device, not clamped (evaluation
+        clamps and quantises).
+
+    Raises:
+        InputError: bad ``tile_overlap``/``amp``/``pad_mode``, or the network's output is not ``s`` times its
+            input (a wrong ``scale``).
     """
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"restore expects a torch.Tensor, got {type(img).__name__}")
@@ -390,6 +438,7 @@ def restore(
     device = param.device if param is not None else x.device
     autocast_dtype = _autocast_dtype(amp, device)
     multiple = model_size_multiple(net)
+    s = model_scale(net)
     h, w = x.shape[-2:]
 
     def run(t: torch.Tensor) -> torch.Tensor:
@@ -400,6 +449,11 @@ def restore(
             out = net(t)
         if isinstance(out, (list, tuple)):  # deep-supervision nets: the last output is the image
             out = out[-1]
+        if out.dim() != 4 or out.shape[0] != t.shape[0] or tuple(out.shape[-2:]) != (t.shape[-2] * s,
+                                                                                        t.shape[-1] * s):
+            what = "the size of its input" if s == 1 else f"{s} times its input (its scale is {s})"
+            raise InputError(f"{type(getattr(net, 'module', net)).__name__}: the output must be {what}; got "
+                             f"{tuple(out.shape)} for a {tuple(t.shape)} input")
         return out.float()
 
     with torch.inference_mode():
@@ -408,29 +462,31 @@ def restore(
         if tile is None or (tile >= hp and tile >= wp):
             out = run(xin)
         else:
+            # Tiles are cut from the input; tile (top, left) of size (ph, pw) gives output rows top*s..(top+ph)*s
+            # and columns likewise. Blend weights are built at the output resolution (overlap * s wide), so the
+            # discarded margin is the same fraction of the overlap at every scale.
             tile_eff = max(multiple, (int(tile) // multiple) * multiple)
             if tile_overlap < 0 or 2 * tile_overlap >= tile_eff:
                 raise InputError(
                     f"tile_overlap must be >= 0 and < tile/2 (tile {tile} -> {tile_eff} after rounding to a "
                     f"multiple of {multiple}), got {tile_overlap}"
                 )
-            out = torch.zeros_like(xin)
-            weight = torch.zeros((1, 1, hp, wp), dtype=torch.float32, device=device)
+            acc: Optional[torch.Tensor] = None
+            weight = torch.zeros((1, 1, hp * s, wp * s), dtype=torch.float32, device=device)
             for top in tile_starts(hp, tile_eff, tile_overlap):
-                wy = tile_weight(hp, tile_eff, top, tile_overlap)
+                wy = tile_weight(hp * s, tile_eff * s, top * s, tile_overlap * s)
                 for left in tile_starts(wp, tile_eff, tile_overlap):
-                    wx = tile_weight(wp, tile_eff, left, tile_overlap)
+                    wx = tile_weight(wp * s, tile_eff * s, left * s, tile_overlap * s)
                     patch = xin[..., top:top + tile_eff, left:left + tile_eff]
-                    pred = run(patch)
-                    if pred.shape != patch.shape:
-                        raise ValueError(f"tiled inference needs an output the size of its input; got "
-                                         f"{tuple(pred.shape)} for a {tuple(patch.shape)} tile")
+                    pred = run(patch)  # (1, C_out, ph * s, pw * s), checked in run()
+                    if acc is None:  # the output's channels are known once the net has run
+                        acc = torch.zeros((1, pred.shape[1], hp * s, wp * s), dtype=torch.float32, device=device)
                     wt = (wy[:, None] * wx[None, :]).to(device=device, dtype=torch.float32)[None, None]
-                    ph, pw = patch.shape[-2:]
-                    out[..., top:top + ph, left:left + pw] += pred * wt
-                    weight[..., top:top + ph, left:left + pw] += wt
-            out = out / weight
-        out = out[..., :h, :w]
+                    oh, ow = pred.shape[-2:]
+                    acc[..., top * s:top * s + oh, left * s:left * s + ow] += pred * wt
+                    weight[..., top * s:top * s + oh, left * s:left * s + ow] += wt
+            out = acc / weight
+        out = out[..., :h * s, :w * s]
     # Clone outside inference mode: callers may modify the result in place (inference tensors forbid that).
     out = out.to(img.device).clone()
     return out[0] if squeeze else out

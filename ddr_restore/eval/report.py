@@ -1,6 +1,7 @@
 """What ``ddr-eval`` writes: the per-image CSV, the JSON summary, side-by-side grids and the one-line result.
 
 Columns and summary entries come from the metric catalog: one column per selected metric (its name in the run),
+then, when the inputs were scored (the input row; SR: bicubic-upsampled LR), ``input_<column>`` for each metric,
 then ``seconds``, then the per-image diagnostics the metrics declare (``MetricInfo.details``, e.g.
 ``ecc_converged``), then the file paths. Each summary ``metrics`` entry holds the metric's catalog name
 (``type``), its direction (``better``), whether it was computed (``status``) and what the metric itself records
@@ -20,11 +21,12 @@ import numpy as np
 
 from ddr_restore.metrics.catalog import Metric, MetricInfo
 
-__all__ = ["CAPTION_HEIGHT", "MetricSlot", "make_grid", "grid_caption", "csv_columns", "write_csv",
-           "mean_values", "build_summary", "write_summary", "result_line"]
+__all__ = ["CAPTION_HEIGHT", "MetricSlot", "make_grid", "grid_caption", "input_column", "csv_columns", "write_csv",
+           "mean_values", "build_summary", "write_summary", "result_line", "result_table"]
 
 CAPTION_HEIGHT = 32  # pixels of the caption band above each grid panel
 PATH_COLUMNS = ("input_path", "target_path", "restored_path")
+INPUT_PREFIX = "input_"  # CSV columns of the input row: input_<metric column>
 
 
 @dataclass
@@ -70,25 +72,36 @@ def make_grid(panels: Sequence[Tuple[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def grid_caption(slots: Sequence[MetricSlot], row: Mapping[str, Any]) -> str:
-    """Caption of the restored panel: the first computed metric of the row, e.g. ``"restored PSNR 27.31 dB"``."""
+def grid_caption(slots: Sequence[MetricSlot], row: Mapping[str, Any], label: str = "restored") -> str:
+    """Caption of a panel: ``label`` and the first computed metric of the row, e.g. ``"restored PSNR 27.31 dB"``.
+
+    A Y-channel metric says so (``"bicubic x4 PSNR-Y 25.10 dB"``).
+    """
     for slot in slots:
         value = row.get(slot.column)
         if slot.active and value is not None:
             unit = f" {slot.info.unit}" if slot.info.unit else ""
-            return f"restored {slot.info.title} {value:.2f}{unit}"
-    return "restored"
+            y = "-Y" if slot.metric.options.get("test_y_channel") else ""
+            return f"{label} {slot.info.title}{y} {value:.2f}{unit}"
+    return label
 
 
 # ----------------------------------------------------------------------------------------------- CSV
 
 
-def csv_columns(slots: Sequence[MetricSlot]) -> List[str]:
-    """``name``, one column per metric, ``seconds``, the metrics' per-image diagnostics, the file paths."""
+def input_column(column: str) -> str:
+    """The CSV column of the input row's value of metric ``column`` (``input_psnr_y``)."""
+    return INPUT_PREFIX + column
+
+
+def csv_columns(slots: Sequence[MetricSlot], input_row: bool = False) -> List[str]:
+    """``name``, one column per metric, (``input_<metric>`` each), ``seconds``, the metrics' per-image
+    diagnostics, the file paths."""
     details: List[str] = []
     for slot in slots:
         details += [d for d in slot.info.details if d not in details]
-    return ["name", *(s.column for s in slots), "seconds", *details, *PATH_COLUMNS]
+    inputs = [input_column(s.column) for s in slots] if input_row else []
+    return ["name", *(s.column for s in slots), *inputs, "seconds", *details, *PATH_COLUMNS]
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
@@ -132,17 +145,25 @@ def _clip_weights(slots: Sequence[MetricSlot]) -> Optional[str]:
 
 
 def build_summary(run: Mapping[str, Any], intro: str, slots: Sequence[MetricSlot],
-                  rows: Sequence[Mapping[str, Any]], timing: Mapping[str, Optional[float]]) -> Dict[str, Any]:
+                  rows: Sequence[Mapping[str, Any]], timing: Mapping[str, Optional[float]],
+                  input_text: Optional[str] = None, input_label: str = "input") -> Dict[str, Any]:
     """The ``summary.json`` dict.
 
-    ``run`` holds what describes the run itself (name, preset, mode, option_file, overrides, checkpoint, network,
-    data, device, outputs, previous_results); ``intro`` is the preset's protocol intro; ``timing`` holds
-    ``inference`` and ``total`` seconds per image.
+    ``run`` holds what describes the run itself (name, preset, mode, scale, option_file, overrides, checkpoint,
+    network, data, device, outputs, previous_results); ``intro`` is the preset's protocol intro; ``timing`` holds
+    ``inference`` and ``total`` seconds per image; ``input_text`` says how the input row was made (``None``: the
+    inputs were not scored) and ``input_label`` names it in tables (``"bicubic x4"``); its means are those of the
+    ``input_<column>`` values of ``rows``.
     """
     import ddr_restore
 
     protocol = "; ".join([intro] + [s.metric.protocol() for s in slots if s.active] + ["mean over images"])
-    head = {k: run.get(k) for k in ("name", "preset", "mode")}
+    head = {k: run.get(k) for k in ("name", "preset", "mode", "scale")}
+    input_scores = None
+    if input_text is not None:
+        scored = [r for r in rows if any(input_column(s.column) in r for s in slots)]
+        input_scores = {"label": input_label, "description": input_text, "num_images": len(scored),
+                        "mean": {s.column: _mean([r.get(input_column(s.column)) for r in scored]) for s in slots}}
     tail = {k: run.get(k) for k in ("device", "outputs", "previous_results")}
     return {
         **head,
@@ -154,6 +175,7 @@ def build_summary(run: Mapping[str, Any], intro: str, slots: Sequence[MetricSlot
         "clip_weights": _clip_weights(slots),
         "num_images": len(rows),
         "mean": mean_values(slots, rows),
+        "input_scores": input_scores,
         "seconds_per_image": dict(timing),
         **tail,
     }
@@ -170,3 +192,25 @@ def result_line(summary: Mapping[str, Any]) -> str:
     """``"<name>: <n> images | PSNR 27.9762 | SSIM 0.8623"``: the means that were computed."""
     parts = [f"{k.upper()} {v:.4f}" for k, v in summary["mean"].items() if v is not None]
     return f"{summary['name']}: {summary['num_images']} images | " + " | ".join(parts)
+
+
+def result_table(summary: Mapping[str, Any]) -> str:
+    """What ``ddr-eval`` prints: :func:`result_line`, then, when the inputs were scored, a table of the mean of
+    every metric for the input row (``bicubic xN`` for SR) and for the restored images (``-`` = not computed)."""
+    line = result_line(summary)
+    scores = summary.get("input_scores")
+    if not scores:
+        return line
+    columns = list(summary["mean"])
+    rows = [(str(scores.get("label") or "input"), scores["mean"]), ("restored", summary["mean"])]
+
+    def cell(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    label_w = max(len(label) for label, _ in rows)
+    widths = [max(len(c), 8) for c in columns]
+    out = [line, " " * label_w + "  " + "  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    for label, means in rows:
+        cells = (cell(means.get(c)).rjust(w) for c, w in zip(columns, widths))
+        out.append(label.ljust(label_w) + "  " + "  ".join(cells))
+    return "\n".join(out)
