@@ -2,6 +2,9 @@
 
 Convention everywhere in ddr_restore: images in memory are **RGB**; numpy arrays are HWC (float32 in [0,1] or
 uint8), tensors are (3,H,W) or (B,3,H,W) float in [0,1]. OpenCV (BGR) is used only inside this module.
+:func:`read_image_native` gives the stored integers (uint8 or uint16) as an RGB view without any conversion, so
+a training loader can crop and flip first and convert only the patch (:func:`img2tensor`, :func:`to_float32`);
+the values are the same as those of :func:`read_image` (8-bit scaled by 1/255, 16-bit by 1/65535).
 
 One policy for channels and bit depth, used by the datasets, ``ddr-score`` and ``ddr-eval`` alike:
 
@@ -46,6 +49,8 @@ __all__ = [
     "ImageProblem",
     "check_policy",
     "read_image",
+    "read_image_native",
+    "to_float32",
     "read_image_header",
     "check_image_header",
     "scan_image_files",
@@ -538,6 +543,75 @@ def summarize_headers(headers: Iterable[ImageHeader]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- pixels
+def _decode_checked(path: Path, gray: str, alpha: str, hint: Optional[Mapping[str, str]]) -> np.ndarray:
+    """The file decoded as OpenCV stores it (uint8/uint16; HW grey, HWx3 BGR or HWx4 BGRA), policy checked."""
+    check_policy(gray, alpha)
+    if not path.is_file():
+        raise MissingPathError(f"image file not found: {path}")
+    img = _decode(path)
+    if img is None:
+        try:
+            _inspect(path)
+            reason = "corrupt pixel data or an unsupported variant of its format"
+        except _Problem as problem:
+            reason = problem.message
+        raise InputError(f"cannot decode image file {path}: {reason}")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: {img.dtype} pixels are not supported; 8- or 16-bit integer images are expected")
+    channels = 1 if img.ndim == 2 or img.shape[2] == 1 else img.shape[2]
+    if channels == 1:
+        if gray != "replicate":
+            raise InputError(f"{path} is a greyscale (1-channel) image; {_hint_text(['gray'], hint)}")
+        return img.reshape(img.shape[0], img.shape[1])
+    if channels == 4:
+        if alpha != "drop":
+            raise InputError(f"{path} has 4 channels (an alpha channel); {_hint_text(['alpha'], hint)}")
+    elif channels != 3:
+        raise InputError(f"{path} has {channels} channels; RGB images are expected")
+    return img
+
+
+def read_image_native(
+    path: PathLike, gray: str = "error", alpha: str = "error", hint: Optional[Mapping[str, str]] = None
+) -> np.ndarray:
+    """Read an image file as RGB HWC in its stored integer type (uint8 or uint16), without copying the pixels.
+
+    The same files, checks, errors and channel policy as :func:`read_image`; the result is a **view** of the
+    decoded buffer: channels reversed from OpenCV's BGR(A) order with a negative stride (the alpha channel of a
+    4-channel file left out), and for a greyscale file with ``gray="replicate"`` a read-only broadcast of its one
+    channel to three. Crops, flips and transposes of it stay views, so a training loader pays for decoding and
+    then converts only its patch (:func:`img2tensor` or :func:`to_float32`, which give exactly the values of
+    :func:`read_image`). Copy it (``np.ascontiguousarray``) before writing to it.
+    """
+    img = _decode_checked(Path(path), gray, alpha, hint)
+    if img.ndim == 2:
+        return np.broadcast_to(img[:, :, None], (img.shape[0], img.shape[1], 3))
+    return img[:, :, 2::-1]  # BGR -> RGB and BGRA -> RGB (alpha dropped) as a view
+
+
+def _scale(dtype: np.dtype) -> Optional[float]:
+    """The divisor that maps an integer image type to [0, 1] (None for a type that is not uint8/uint16)."""
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    return None
+
+
+def to_float32(img: np.ndarray) -> np.ndarray:
+    """A uint8 (/255) or uint16 (/65535) HWC array, any strides, as a new C-contiguous float32 array in [0, 1].
+
+    The division is done in float32, as ``img.astype(np.float32) / 255.0`` does, so the values are bit-identical
+    to :func:`read_image`'s; float arrays are returned as contiguous float32 (values unchanged).
+    """
+    div = _scale(img.dtype)
+    if div is None:
+        return np.ascontiguousarray(img, dtype=np.float32)
+    out = np.empty(img.shape, dtype=np.float32)
+    np.divide(img, div, out=out, dtype=np.float32)
+    return out
+
+
 def read_image(
     path: PathLike, gray: str = "error", alpha: str = "error", hint: Optional[Mapping[str, str]] = None
 ) -> np.ndarray:
@@ -555,39 +629,19 @@ def read_image(
         MissingPathError: the file does not exist (a FileNotFoundError).
         InputError: the file cannot be decoded (the reason, e.g. truncation, when the header shows it), has a
             bit depth other than 8 or 16, or a channel layout that was not allowed (a ValueError).
+
+    A loader that crops should use :func:`read_image_native` and convert only the crop (same values, less work).
     """
-    check_policy(gray, alpha)
-    path = Path(path)
-    if not path.is_file():
-        raise MissingPathError(f"image file not found: {path}")
-    img = _decode(path)
-    if img is None:
-        try:
-            _inspect(path)
-            reason = "corrupt pixel data or an unsupported variant of its format"
-        except _Problem as problem:
-            reason = problem.message
-        raise InputError(f"cannot decode image file {path}: {reason}")
-    if img.dtype == np.uint8:
-        img = img.astype(np.float32) / 255.0
-    elif img.dtype == np.uint16:
-        img = img.astype(np.float32) / 65535.0
+    img = _decode_checked(Path(path), gray, alpha, hint)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
     else:
-        raise InputError(f"{path}: {img.dtype} pixels are not supported; 8- or 16-bit integer images are expected")
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels == 1:
-        if gray != "replicate":
-            raise InputError(f"{path} is a greyscale (1-channel) image; {_hint_text(['gray'], hint)}")
-        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
-    elif channels == 4:
-        if alpha != "drop":
-            raise InputError(f"{path} has 4 channels (an alpha channel); {_hint_text(['alpha'], hint)}")
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif channels == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        raise InputError(f"{path} has {channels} channels; RGB images are expected")
-    return np.ascontiguousarray(img)
+        # cv2's channel swap of the integer image is several times faster than numpy's strided copy, and a
+        # channel permutation commutes with the per-element scaling below.
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    out = img.astype(np.float32)
+    out /= _scale(img.dtype)  # in place; the same float32 division as astype(float32) / 255.0
+    return out
 
 
 def write_image(path: PathLike, img: np.ndarray) -> Path:
@@ -615,10 +669,17 @@ def list_images(folder: PathLike, recursive: bool = False) -> List[Path]:
 
 
 def img2tensor(img: np.ndarray) -> torch.Tensor:
-    """HWC RGB array (float [0,1] or uint8) -> float32 tensor (3,H,W) in [0,1]."""
-    if img.dtype == np.uint8:
-        img = img.astype(np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+    """HWC RGB array -> float32 tensor (3,H,W) in [0,1]: uint8 scaled by 1/255, uint16 by 1/65535, float as is.
+
+    Any strides are accepted (e.g. a flipped crop of :func:`read_image_native`'s view); an integer array is
+    converted and laid out as CHW in one pass, with the values :func:`to_float32` / :func:`read_image` give.
+    """
+    div = _scale(img.dtype)
+    if div is None:
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+    out = np.empty((img.shape[2], img.shape[0], img.shape[1]), dtype=np.float32)
+    np.divide(img.transpose(2, 0, 1), div, out=out, dtype=np.float32)
+    return torch.from_numpy(out)
 
 
 def tensor2img(tensor: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddr_restore.errors import InputError, MissingPathError
@@ -18,9 +19,12 @@ from ddr_restore.imageio import (
     DATASET_HINT,
     check_image_files,
     check_image_header,
+    img2tensor,
     read_image,
     read_image_header,
+    read_image_native,
     scan_image_files,
+    to_float32,
 )
 
 RNG = np.random.default_rng(0)
@@ -192,3 +196,69 @@ def test_batch_check_collects_every_problem(sample_files, tmp_path):
     with pytest.raises(MissingPathError):
         check_image_files(good + [tmp_path / "gone.png"])
     assert check_image_files(good + bad[:2], gray="replicate", alpha="drop")[bad[1]].bit_depth == 16
+
+
+# ---------------------------------------------------------------------------------------------- native reading
+def _float_first(path: Path) -> np.ndarray:
+    """The reading before read_image_native existed: the whole decoded image to float32, then to RGB."""
+    img = _decoded(path)
+    img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_read_image_and_native_view_give_the_float_first_values(sample_files, name):
+    path = sample_files[name]
+    decoded = _decoded(path)
+    if decoded.dtype not in (np.uint8, np.uint16):
+        pytest.skip(f"{name} decodes to {decoded.dtype}")
+    expected = _float_first(path)
+    img = read_image(path, gray="replicate", alpha="drop")
+    assert img.dtype == np.float32 and img.flags.c_contiguous
+    np.testing.assert_array_equal(img, expected)  # bit-identical, not merely close
+
+    native = read_image_native(path, gray="replicate", alpha="drop")
+    assert native.dtype == decoded.dtype and native.shape == expected.shape
+    assert not native.flags.owndata  # a view of the decoded buffer: no whole-image copy
+    np.testing.assert_array_equal(to_float32(native), expected)
+    np.testing.assert_array_equal(img2tensor(native).numpy(), expected.transpose(2, 0, 1))
+    # a flipped, transposed crop (what the training loader converts) keeps the values too
+    crop = native[2:15, 3:20][::-1, ::-1].swapaxes(0, 1)
+    ref_crop = expected[2:15, 3:20][::-1, ::-1].swapaxes(0, 1)
+    np.testing.assert_array_equal(img2tensor(crop).numpy(), np.ascontiguousarray(ref_crop.transpose(2, 0, 1)))
+
+
+def test_native_reading_applies_the_same_policy(sample_files):
+    with pytest.raises(InputError, match=r"rgba8\.png has 4 channels.*alpha: drop in the dataset options$"):
+        read_image_native(sample_files["rgba8.png"], hint=DATASET_HINT)
+    with pytest.raises(InputError, match=r"grey16\.png is a greyscale.*--gray replicate$"):
+        read_image_native(sample_files["grey16.png"], hint=CLI_HINT)
+    with pytest.raises(MissingPathError, match="gone.png"):
+        read_image_native(sample_files["rgb8.png"].parent / "gone.png")
+    grey = read_image_native(sample_files["grey8.png"], gray="replicate")
+    assert grey.shape == (20, 30, 3) and not grey.flags.writeable  # a broadcast view, never written through
+
+
+@pytest.mark.parametrize("dtype, div", [(np.uint8, 255.0), (np.uint16, 65535.0)])
+def test_integer_to_float_is_bit_identical_for_every_value(dtype, div):
+    values = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+    hwc = np.stack([values, values[::-1], np.roll(values, 7)], axis=1).reshape(-1, 16, 3)
+    expected = hwc.astype(np.float32) / div  # the float-first conversion
+    view = hwc[:, ::-1][::-1].swapaxes(0, 1)  # negative and swapped strides
+    ref_view = expected[:, ::-1][::-1].swapaxes(0, 1)
+    out = to_float32(view)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, ref_view)
+    tensor = img2tensor(view)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+    np.testing.assert_array_equal(tensor.numpy(), ref_view.transpose(2, 0, 1))
+    assert tensor.max().item() == 1.0 and tensor.min().item() == 0.0
+
+
+def test_img2tensor_of_float_arrays_is_unchanged():
+    arr = RNG.random((5, 7, 3))
+    t = img2tensor(arr)
+    assert t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), arr.transpose(2, 0, 1).astype(np.float32))

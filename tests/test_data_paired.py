@@ -287,3 +287,133 @@ def test_gopro_mini_loads(shared_data):
     bgr = cv2.imread(str(ds.pairs[0][1]), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(as_u8(ds[0]["gt"]), bgr[..., ::-1].astype(np.int64))
     assert all(20.0 < p < 35.0 for p in psnrs), psnrs
+
+
+# ------------------------------------------------------------------ integer-first loading (issue 11, target 3)
+def _float_first_read(path: Path) -> np.ndarray:
+    """How items were read before the loader kept integers: the whole file to float32 [0,1] RGB, then cropped."""
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+class _FloatFirst:
+    """Mixin: the float-first item pipeline (decode -> float32 -> crop/pad -> flips -> CHW), the reference."""
+
+    def __getitem__(self, index):
+        from ddr_restore.data.transforms import augment, pad_pair_to_size, paired_center_crop, paired_random_crop
+
+        lq_path, gt_path = self.pairs[index]
+        lq, gt = _float_first_read(lq_path), _float_first_read(gt_path)
+        lh, lw = lq.shape[:2]
+        if self.scale > 1:
+            gt = gt[: lh * self.scale, : lw * self.scale]
+        if self.gt_size is not None:
+            if self.pad_to_gt_size:
+                lq, gt = pad_pair_to_size(lq, gt, self.gt_size, self.scale)
+            if self.phase == "train":
+                lq, gt = paired_random_crop(lq, gt, self.gt_size, self.scale)
+            else:
+                lq, gt = paired_center_crop(lq, gt, self.gt_size, self.scale)
+        if self.phase == "train" and (self.use_hflip or self.use_rot):
+            lq, gt = augment([lq, gt], hflip=self.use_hflip, rotation=self.use_rot)
+        chw = [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (lq, gt)]
+        return {"lq": chw[0], "gt": chw[1], "lq_path": str(lq_path), "gt_path": str(gt_path)}
+
+
+class _FloatFirstPaired(_FloatFirst, PairedImageDataset):
+    pass
+
+
+def _noise(shape, dtype, seed):
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+# name: (bit depth, file channels, scale, lq (h, w), gt extra pixels (modcrop), gt_size, phase, pad_to_gt_size)
+NATIVE_CASES = {
+    "8bit_x1": (8, 3, 1, (37, 45), 0, 16, "train", False),
+    "16bit_x1": (16, 3, 1, (37, 45), 0, 16, "train", False),
+    "8bit_x2": (8, 3, 2, (19, 23), 0, 16, "train", False),
+    "16bit_x2_realsr_modcrop": (16, 3, 2, (19, 23), 1, 16, "train", False),
+    "8bit_x2_realsr_modcrop": (8, 3, 2, (19, 23), 1, 16, "train", False),
+    "16bit_pad": (16, 3, 1, (10, 13), 0, 16, "train", True),
+    "8bit_x2_pad": (8, 3, 2, (6, 9), 0, 16, "train", True),
+    "16bit_grey_replicate": (16, 1, 1, (21, 30), 0, 16, "train", False),
+    "8bit_rgba_drop": (8, 4, 1, (21, 30), 0, 16, "train", False),
+    "16bit_val_whole": (16, 3, 1, (21, 30), 0, None, "val", False),
+    "8bit_x2_val_centre": (8, 3, 2, (19, 23), 0, 16, "val", False),
+}
+
+
+def _native_case_dataset(root: Path, case: str, reference: bool):
+    from ddr_restore.data.realsr import RealSRPairedDataset
+
+    depth, channels, s, (h, w), extra, gt_size, phase, pad = NATIVE_CASES[case]
+    dtype = np.uint8 if depth == 8 else np.uint16
+    shape = lambda hh, ww: (hh, ww) if channels == 1 else (hh, ww, channels)  # noqa: E731
+    realsr = "realsr" in case
+    common = dict(phase=phase, gt_size=gt_size, scale=s, pad_to_gt_size=pad, gray="replicate", alpha="drop",
+                  use_hflip=phase == "train", use_rot=phase == "train")
+    if realsr:
+        folder = root / "Canon" / "Train" / str(s)
+        files = [(folder / f"Canon_{i:03d}_LR{s}.png", folder / f"Canon_{i:03d}_HR.png") for i in range(3)]
+    else:
+        files = [(root / "input" / f"{i}.png", root / "target" / f"{i}.png") for i in range(3)]
+    if not files[0][0].exists():
+        for i, (lq_p, gt_p) in enumerate(files):
+            lq_p.parent.mkdir(parents=True, exist_ok=True)
+            gt_p.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(lq_p), _noise(shape(h, w), dtype, 2 * i))
+            assert cv2.imwrite(str(gt_p), _noise(shape(h * s + extra, w * s + extra), dtype, 2 * i + 1))
+    if realsr:
+        cls = type("_FloatFirstRealSR", (_FloatFirst, RealSRPairedDataset), {}) if reference else RealSRPairedDataset
+        return cls(root, layout="realsr", factor=s, **common)
+    cls = _FloatFirstPaired if reference else PairedImageDataset
+    return cls(root / "input", root / "target", **common)
+
+
+def _batches(ds, seed: int, progressive: bool):
+    from torch.utils.data import DataLoader
+
+    from ddr_restore.data.transforms import progressive_crop
+    from ddr_restore.train.sampling import ResumableSampler, SeededDataset
+
+    # the trainer's wiring: per-sample seeds from the sampler, the RNG reset around each item
+    loader = DataLoader(SeededDataset(ds), batch_size=2, drop_last=True,
+                        sampler=ResumableSampler(len(ds), seed, enlarge_ratio=4))
+    out = []
+    gen = torch.Generator().manual_seed(seed)
+    for batch in loader:
+        if progressive:  # Restormer's progressive patches, cut from the loader's batch
+            batch["lq"], batch["gt"] = progressive_crop(batch["lq"], batch["gt"], 1, 8, gen, scale=ds.scale)
+        out.append(batch)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(NATIVE_CASES))
+def test_integer_first_loading_gives_the_float_first_batches(tmp_path, case):
+    """Keeping uint8/uint16 through crop/pad/flips and converting only the patch changes no value and no draw."""
+    new = _native_case_dataset(tmp_path, case, reference=False)
+    ref = _native_case_dataset(tmp_path, case, reference=True)
+    depth, _, s, (h, w), _, gt_size, phase, _ = NATIVE_CASES[case]
+    for seed in (0, 5):
+        got, want = _batches(new, seed, progressive=phase == "train"), _batches(ref, seed, phase == "train")
+        assert len(got) == len(want) == 6
+        for g, r in zip(got, want):
+            assert g["lq_path"] == r["lq_path"] and g["gt_path"] == r["gt_path"]
+            for key in ("lq", "gt"):
+                assert g[key].dtype == torch.float32
+                assert g[key].shape == r[key].shape
+                assert torch.equal(g[key], r[key]), (case, seed, key)  # bit-identical
+    # the cases test something: crops vary between seeds, and 16-bit files keep values between the 8-bit steps
+    item = new[0]
+    if phase == "train":
+        assert item["gt"].shape[-2:] == (gt_size, gt_size)
+        batches = [_batches(new, seed, False)[0]["gt"] for seed in (0, 5)]
+        assert not torch.equal(*batches)
+    else:
+        assert item["gt"].shape[-2:] == ((gt_size, gt_size) if gt_size else (h * s, w * s))
+    if depth == 16:
+        assert ((item["gt"] * 65535).round().long() % 257 != 0).any()

@@ -89,6 +89,23 @@ def test_augment_same_transform_for_sr_pair():
         np.testing.assert_array_equal(b, np.repeat(np.repeat(a, 2, axis=0), 2, axis=1))
 
 
+def test_augment_views_match_copies_and_draw_the_same_random_numbers():
+    lq = coord_image(6, 9).astype(np.uint16)  # integer images (the loader's native dtype) as well as float
+    gt = 100 - lq
+    for seed in range(12):
+        copies = augment([lq, gt], generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        views = augment([lq, gt], generator=gen, contiguous=False)
+        for c, v, src in zip(copies, views, (lq, gt)):
+            assert c.flags.c_contiguous and c.dtype == v.dtype == np.uint16
+            assert np.shares_memory(v, src)  # no copy
+            np.testing.assert_array_equal(v, c)
+        # the same number of draws: the next number from both generators agrees
+        ref = torch.Generator().manual_seed(seed)
+        augment([lq], generator=ref)
+        assert torch.randint(0, 1 << 30, (1,), generator=gen) == torch.randint(0, 1 << 30, (1,), generator=ref)
+
+
 def test_paired_center_crop_position():
     lq = coord_image(20, 31)
     lq_p, gt_p = paired_center_crop(lq, 100.0 - lq, 10)

@@ -29,7 +29,7 @@ from ddr_restore.imageio import (
     format_problems,
     img2tensor,
     list_images,
-    read_image,
+    read_image_native,
     scan_image_files,
     summarize_headers,
 )
@@ -332,8 +332,11 @@ class PairedImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         """Load, check and (train) crop/augment pair ``index``; see the class docstring for the item format."""
         lq_path, gt_path = self.pairs[index]
-        lq = read_image(lq_path, gray=self.gray, alpha=self.alpha, hint=DATASET_HINT)
-        gt = read_image(gt_path, gray=self.gray, alpha=self.alpha, hint=DATASET_HINT)
+        # The stored integers (uint8/uint16) as RGB views: cropping, padding and flipping move integers, and only
+        # the patch is converted to float by img2tensor (the values read_image would give; same RNG draws), which
+        # saves converting and copying whole frames (scripts/bench_loader.py).
+        lq = read_image_native(lq_path, gray=self.gray, alpha=self.alpha, hint=DATASET_HINT)
+        gt = read_image_native(gt_path, gray=self.gray, alpha=self.alpha, hint=DATASET_HINT)
         lh, lw = lq.shape[:2]
         gh, gw = gt.shape[:2]
         if not self._sizes_ok(lw, lh, gw, gh):
@@ -358,7 +361,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
             else:
                 lq, gt = paired_center_crop(lq, gt, self.gt_size, self.scale)
         if self.phase == "train" and (self.use_hflip or self.use_rot):
-            lq, gt = augment([lq, gt], hflip=self.use_hflip, rotation=self.use_rot)
+            lq, gt = augment([lq, gt], hflip=self.use_hflip, rotation=self.use_rot, contiguous=False)
         return {"lq": img2tensor(lq), "gt": img2tensor(gt), "lq_path": str(lq_path), "gt_path": str(gt_path)}
 
     def __repr__(self) -> str:

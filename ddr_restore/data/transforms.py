@@ -120,13 +120,17 @@ def augment(
     hflip: bool = True,
     rotation: bool = True,
     generator: Optional[torch.Generator] = None,
+    contiguous: bool = True,
 ) -> List[np.ndarray]:
     """Apply one random geometric transform to every HWC array of ``imgs`` (BasicSR's augment semantics).
 
     With ``hflip``: horizontal flip with probability 1/2. With ``rotation``: vertical flip with probability 1/2,
     then a transpose of H and W (a 90-degree rotation combined with the flips) with probability 1/2. All three
     together give the 8 symmetries of the square, each with probability 1/8. Arrays of different sizes (lq/gt of
-    an SR pair) get the same transform.
+    an SR pair) get the same transform. The RNG draws are the same whatever the arrays' type.
+
+    With ``contiguous=False`` the results are views (negative/swapped strides, no copy), for a caller that copies
+    them once anyway, e.g. :func:`ddr_restore.imageio.img2tensor` converting a uint8 crop to float.
     """
     do_h = hflip and randint(2, generator) == 1
     do_v = rotation and randint(2, generator) == 1
@@ -139,7 +143,7 @@ def augment(
             img = img[::-1]
         if do_t:
             img = img.swapaxes(0, 1)
-        out.append(np.ascontiguousarray(img))
+        out.append(np.ascontiguousarray(img) if contiguous else img)
     return out
 
 
