@@ -89,8 +89,27 @@ def box_mean_valid_replicate(x: torch.Tensor, kernel: Tuple[int, int]) -> torch.
     oh, ow = out.shape[-2:]
     pad = ((w - ow) // 2, (w - ow + 1) // 2, (h - oh) // 2, (h - oh + 1) // 2)
     if any(pad):
-        out = F.pad(out, pad, mode="replicate")
+        out = _edge_pad(out, pad)
     return out.to(dtype)
+
+
+def _edge_pad(x: torch.Tensor, pad: Tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(x, pad, mode="replicate")`` on the last two dims (pad = left, right, top, bottom), from edge slices.
+
+    The same values, written with ``expand`` + ``cat`` so that the backward is sums over the expanded edges instead
+    of ``replication_pad2d_backward``: that CPU kernel returns a channels-last gradient for a channels-last input
+    while its meta function promises a contiguous one, so ``torch.compile``'s backward fails a stride assertion
+    (torch 2.14, CPU; NAFNetLocal above its train_size). The sums are also deterministic on CUDA.
+    """
+    left, right, top, bottom = pad
+    if left or right:
+        lead = x.shape[:-1]
+        x = torch.cat([x[..., :1].expand(*lead, left), x, x[..., -1:].expand(*lead, right)], dim=-1)
+    if top or bottom:
+        lead, width = x.shape[:-2], x.shape[-1]
+        x = torch.cat([x[..., :1, :].expand(*lead, top, width), x, x[..., -1:, :].expand(*lead, bottom, width)],
+                      dim=-2)
+    return x
 
 
 class LocalAvgPool2d(nn.Module):

@@ -19,15 +19,20 @@ all deliberate:
   overshoots [0,1] a little during training and clamping would zero its gradient there). Values further than 0.5
   outside [0,1] (e.g. [0,255] or [-1,1] data) or non-finite values raise ValueError; ``clamp=True`` clamps to
   [0,1] after that check.
-* Computation runs in the module's dtype (fp32 by default, also on GPU; ``autocast=True`` encodes images under
-  CUDA fp16 autocast like the official fp16 GPU model). The input is cast to it; gradients flow through the cast.
+* Computation runs in the module's dtype (fp32 by default, also on GPU; ``autocast=True``/``"fp16"`` encodes images
+  under CUDA fp16 autocast like the official fp16 GPU model, ``autocast="bf16"`` under bf16 autocast on CUDA and
+  CPU). The input is cast to it; gradients flow through the cast.
+* Speed (``compile=``, off by default so the default stays the exact eager fp32 path): the part after the resize
+  (normalisation, CLIP image tower, responses) always sees (N, 3, 224, 224), so it is captured once per batch size
+  with ``torch.compile(dynamic=False)``; ``compile="reduce-overhead"`` adds CUDA graphs on CUDA. The text
+  directions are computed once at construction (buffers), so no text encoding runs per call in any mode.
 * ``quality_score`` scores each image separately (the official one pools a whole batch into one number) and
   drops duplicate patches of square images (identical score, half the work).
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +40,72 @@ from torch import nn
 
 from ddr_restore.ddr.clip_backend import ClipBundle, freeze, load_clip
 from ddr_restore.ddr.prompts import DEFAULT_DEGRADATIONS, PROMPTS, resolve_degradations
+from ddr_restore.errors import InputError
 
-__all__ = ["DDR", "biqa_patches", "TEXT_STD_EPS", "RANGE_TOLERANCE"]
+__all__ = [
+    "DDR",
+    "biqa_patches",
+    "resolve_compile",
+    "resolve_autocast",
+    "COMPILE_MODES",
+    "AUTOCAST_DTYPES",
+    "TEXT_STD_EPS",
+    "RANGE_TOLERANCE",
+]
 
 #: eps added to std(T_d) only, as in the official code.
 TEXT_STD_EPS = 1e-3
 #: how far outside [0, 1] an input may go before it is rejected as wrongly scaled.
 RANGE_TOLERANCE = 0.5
 _NONSQUARE = ("resize", "patches", "error")
+#: ``torch.compile`` modes accepted by ``compile=`` (``True`` means ``"default"``). The two ``max-autotune`` modes
+#: benchmark kernels at compile time (minutes); ``reduce-overhead`` and ``max-autotune`` use CUDA graphs on CUDA.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+#: ``autocast=`` values: ``True`` means ``"fp16"`` (the official GPU model's precision).
+AUTOCAST_DTYPES: Dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_AUTOCAST_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def resolve_compile(value: Any, option: str = "compile") -> Optional[str]:
+    """The ``torch.compile`` mode that ``compile=value`` asks for, or None (eager).
+
+    ``False``/``None`` -> None; ``True`` -> ``"default"``; one of :data:`COMPILE_MODES` -> itself.
+
+    Raises:
+        InputError (a ValueError): any other value; the message names ``option`` (e.g. ``train.ddr_opt.compile``).
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value.strip().lower() in COMPILE_MODES:
+        return value.strip().lower()
+    raise InputError(
+        f"{option} must be false (eager, exact), true (= 'default') or a torch.compile mode "
+        f"({', '.join(repr(m) for m in COMPILE_MODES)}); got {value!r}"
+    )
+
+
+def resolve_autocast(value: Any, option: str = "autocast") -> Optional[str]:
+    """The autocast precision that ``autocast=value`` asks for: ``"fp16"``, ``"bf16"`` or None (module dtype).
+
+    ``False``/``None`` -> None; ``True`` -> ``"fp16"``; ``"fp16"``/``"float16"``/``"half"`` and
+    ``"bf16"``/``"bfloat16"`` as named.
+
+    Raises:
+        InputError (a ValueError): any other value; the message names ``option``.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "fp16"
+    if isinstance(value, str):
+        key = value.strip().lower()
+        key = _AUTOCAST_ALIASES.get(key, key)
+        if key in AUTOCAST_DTYPES:
+            return key
+    raise InputError(f"{option} must be false, true (= 'fp16', CUDA only), 'fp16' or 'bf16'; got {value!r}")
 
 
 def biqa_patches(height: int, width: int, dedupe: bool = True) -> Tuple[int, List[Tuple[int, int]]]:
@@ -81,8 +144,16 @@ class DDR(nn.Module):
         antialias: antialiased bicubic resize (the official code uses False).
         nonsquare: how ``forward``/``per_type`` treat non-square inputs: ``"resize"``, ``"patches"`` or ``"error"``.
         clamp: clamp inputs to [0,1] before resizing (official: no clamp).
-        check_range: reject inputs far outside [0,1] or non-finite (one min/max reduction per call).
-        autocast: on CUDA, encode images under fp16 autocast.
+        check_range: reject inputs far outside [0,1] or non-finite (one min/max reduction per call, and one host
+            synchronisation: DDRLoss turns it off).
+        autocast: encode images under autocast: ``True``/``"fp16"`` fp16 on CUDA (ignored on CPU, where the
+            official code runs fp32), ``"bf16"`` bf16 on CUDA and CPU. Responses are computed in fp32 either way.
+        compile: ``torch.compile`` the fixed-size part of the computation (normalisation, CLIP image tower,
+            responses; the resize to 224x224 stays eager so that any input size reuses it). ``False`` (default,
+            the exact eager path), ``True`` (= ``"default"``) or a mode of :data:`COMPILE_MODES`;
+            ``"reduce-overhead"`` captures CUDA graphs on CUDA (on CPU it is the default mode). Compiled once per
+            batch size and grad mode (``dynamic=False``); beyond torch's recompile limit it falls back to eager.
+            The first call of each batch size takes seconds (CPU, small CLIPs) to tens of seconds (GPU, ViT-B/32).
         clip: an already loaded :class:`ClipBundle` to share between instances (then backbone/pretrained are
             ignored).
         switch_hint: how the caller's users choose ``pretrained``, named in the error raised when the weights are
@@ -101,14 +172,18 @@ class DDR(nn.Module):
         nonsquare: str = "resize",
         clamp: bool = False,
         check_range: bool = True,
-        autocast: bool = False,
+        autocast: Union[bool, str] = False,
         clip: Optional[ClipBundle] = None,
         switch_hint: Optional[str] = None,
+        compile: Union[bool, str, None] = False,  # noqa: A002 - the option's name in option files
     ) -> None:
         super().__init__()
         self.degradations: Tuple[str, ...] = resolve_degradations(degradations)
         if nonsquare not in _NONSQUARE:
             raise ValueError(f"nonsquare must be one of {', '.join(_NONSQUARE)}, got {nonsquare!r}")
+        # Checked before the (slow) CLIP load so that a typo fails at once.
+        self.autocast: Optional[str] = resolve_autocast(autocast)
+        self.compile_mode: Optional[str] = resolve_compile(compile)
         bundle = clip if clip is not None else load_clip(backbone, pretrained, switch_hint=switch_hint)
         self.clip_model = freeze(bundle.model)
         self.model_name = bundle.model_name
@@ -119,7 +194,6 @@ class DDR(nn.Module):
         self.nonsquare = nonsquare
         self.clamp = bool(clamp)
         self.check_range = bool(check_range)
-        self.autocast = bool(autocast)
 
         ref = next(t for t in self.clip_model.buffers() if t.is_floating_point())
         dtype, device = ref.dtype, ref.device
@@ -153,8 +227,15 @@ class DDR(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"model={self.model_name}, weights={self.source}, degradations={list(self.degradations)}, "
-            f"antialias={self.antialias}, nonsquare={self.nonsquare!r}, clamp={self.clamp}"
+            f"antialias={self.antialias}, nonsquare={self.nonsquare!r}, clamp={self.clamp}, "
+            f"autocast={self.autocast}, compile={self.compile_mode}"
         )
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # The compiled callable is bound to this instance: a copy (deepcopy, pickle) compiles its own on first use.
+        state = dict(super().__getstate__())
+        state.pop("_compiled_tower", None)
+        return state
 
     # ------------------------------------------------------------------ pieces
     def _check(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,13 +277,40 @@ class DDR(nn.Module):
         size = self.image_size
         return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=self.antialias)
 
+    def _autocast_dtype(self, device_type: str) -> Optional[torch.dtype]:
+        # "fp16" keeps its historical meaning (CUDA only: the official CPU model runs fp32, CPU fp16 is slow).
+        if self.autocast is None or (self.autocast == "fp16" and device_type != "cuda"):
+            return None
+        return AUTOCAST_DTYPES[self.autocast]
+
     def _encode(self, x224: torch.Tensor) -> torch.Tensor:
         x224 = (x224 - self.mean) / self.std
-        if self.autocast and x224.is_cuda:
-            with torch.autocast("cuda", dtype=torch.float16):
-                feats = self.clip_model.encode_image(x224)
-            return feats.to(self.text_directions.dtype)
-        return self.clip_model.encode_image(x224)
+        dtype = self._autocast_dtype(x224.device.type)
+        if dtype is None:
+            return self.clip_model.encode_image(x224)
+        with torch.autocast(x224.device.type, dtype=dtype):
+            feats = self.clip_model.encode_image(x224)
+        return feats.to(self.text_directions.dtype)
+
+    def _tower(self, x224: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) resized images -> (N, D) responses: the fixed-size part that ``compile`` captures."""
+        return self.responses(self._encode(x224))
+
+    def _tower_responses(self, x224: torch.Tensor) -> torch.Tensor:
+        """:meth:`_tower`, compiled when ``compile`` is set (built on first use, once per instance)."""
+        if self.compile_mode is None:
+            return self._tower(x224)
+        fn = self.__dict__.get("_compiled_tower")
+        if fn is None:
+            # Not a submodule (state_dict keys and repr unchanged). dynamic=False: the size after the resize is
+            # fixed, only the batch size varies, and each batch size gets its own graph (one CUDA graph each).
+            fn = torch.compile(self._tower, mode=self.compile_mode, dynamic=False)
+            self.__dict__["_compiled_tower"] = fn
+        out = fn(x224)
+        if self.compile_mode in _CUDAGRAPH_MODES and out.is_cuda:
+            # CUDA-graph outputs live in memory the next replay overwrites; (N, D) is tiny, so hand out a copy.
+            out = out.clone()
+        return out
 
     def responses(self, features: torch.Tensor) -> torch.Tensor:
         """DDR of every selected type from (N, C) CLIP image embeddings -> (N, D). Row-wise, no BxB matrix."""
@@ -221,10 +329,10 @@ class DDR(nn.Module):
         crops = [self._resize(x[:, :, t : t + side, l : l + side]) for t, l in offsets]
         batch = torch.stack(crops, dim=1).flatten(0, 1)  # (B*P, 3, 224, 224), image-major
         if max_batch is None or batch.shape[0] <= max_batch:
-            feats = self._encode(batch)
-        else:
-            feats = torch.cat([self._encode(chunk) for chunk in batch.split(max_batch)])
-        return self.responses(feats).view(b, len(offsets), -1).mean(dim=1)
+            resp = self._tower_responses(batch)
+        else:  # responses are row-wise: per-chunk responses concatenated = responses of the whole batch
+            resp = torch.cat([self._tower_responses(chunk) for chunk in batch.split(max_batch)])
+        return resp.view(b, len(offsets), -1).mean(dim=1)
 
     # ------------------------------------------------------------------ public API
     def per_type(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +343,7 @@ class DDR(nn.Module):
                 raise ValueError(f"DDR got a non-square input {tuple(x.shape)} and nonsquare='error'")
             if self.nonsquare == "patches":
                 return self._patch_responses(x)
-        return self.responses(self._encode(self._resize(x)))
+        return self._tower_responses(self._resize(x))
 
     def q(self, x: torch.Tensor) -> torch.Tensor:
         """Q_DDR per image (B,) = mean over the selected types (higher = better), with gradients."""

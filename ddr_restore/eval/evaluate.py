@@ -34,6 +34,13 @@ outputs=Outputs(...)))``. The keyword form routes each keyword to the field of t
   is an error. The older keywords ``crop_border``, ``test_y_channel``, ``lpips_net``, ``ddr_pretrained``,
   ``ddr_backbone``, ``lpips=False`` and ``ddr=False`` are still accepted and translated (:data:`OLD_KEYWORDS`).
 * Protocol: outputs clamped to [0,1] and quantised to 8 bits; every metric sees the 8-bit images; mean over images.
+* Speed: ``device="auto"`` (the default) runs on CUDA when present, else on the CPU (printed at the start, recorded
+  in the summary's ``runtime``). ``amp="bf16"``/``"fp16"`` autocasts the network's forward on CUDA (its output is
+  float32 before the 8-bit quantisation); it is refused on the CPU (:data:`CPU_AMP_NOTE`). ``workers=N`` threads
+  (default ``min(4, CPU count)``) read and decode the next pairs while the network and the metrics work on the
+  current one, and one more writes the output PNGs and grids; ``workers=0`` does everything in turn in the calling
+  thread. The results are the same bytes either way, in the same order, and a bad file stops the run when its
+  pair is reached, with the same message (:mod:`ddr_restore.eval.prefetch`).
 
 Outputs in ``out_dir`` (default ``results/<name>``): ``per_image.csv`` (columns from the catalog), ``summary.json``
 (:func:`ddr_restore.eval.report.build_summary`), and optionally ``images/`` and ``grid/``. Earlier results there
@@ -46,6 +53,8 @@ names the file, folder or key.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import sys
 import time
@@ -58,6 +67,7 @@ import torch
 
 from ddr_restore.errors import InputError, MissingPathError, UserError
 from ddr_restore.eval import outputs, report
+from ddr_restore.eval.prefetch import BackgroundWriter, Prefetcher, check_workers
 from ddr_restore.eval.presets import (PRESETS, EvalItem, apply_preset_defaults, attach_restored, check_scale,
                                       collect_items, preset_metrics, protocol_intro, sr_layout)
 from ddr_restore.eval.report import MetricSlot
@@ -65,12 +75,22 @@ from ddr_restore.imageio import img2tensor, read_image, tensor2img, write_image
 from ddr_restore.metrics.catalog import Metric, create_metric, metric_info
 
 __all__ = ["TestSet", "Network", "Outputs", "EvalConfig", "OLD_KEYWORDS", "GRAY_CHOICES", "ALPHA_CHOICES",
-           "evaluate"]
+           "CPU_AMP_NOTE", "evaluate"]
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 MetricsArg = Union[None, Sequence[str], Mapping[str, Any]]
 GRAY_CHOICES = ("error", "replicate")
 ALPHA_CHOICES = ("error", "drop")
+#: Why ``amp`` is refused on CPU. Measured with ``scripts/bench_eval.py --device cpu`` on a Xeon with AMX-BF16 (the
+#: best case for CPU bf16), one torch thread, random weights, torch 2.14, a 2-core machine shared with other jobs:
+#: bf16 autocast ran NAFNetLocal-w32 at 0.71-0.83x the fp32 speed (128x96 to 192x128 px) and Restormer at 1.02-1.10x
+#: (192x128, 256x192; one run at 2.0x was an fp32 run slowed by other jobs), 8-bit PSNR vs fp32 57.3 / 53.6 dB; CPUs
+#: without bf16 hardware emulate it and are slower. Slower for one recipe network and no real gain for the other, so
+#: CPU evaluation stays fp32 (one set of numbers); the benchmark re-measures it on any machine.
+CPU_AMP_NOTE = ("on CPU, bf16 autocast measured 0.7-0.8x (NAFNet) and 1.0-1.1x (Restormer) the fp32 speed even "
+                "with AMX, and is slower without bf16 hardware, so CPU evaluation is fp32")
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -107,6 +127,8 @@ class Network:
     tlc: bool = True
     tile: Optional[int] = None
     tile_overlap: int = 32
+    #: autocast of the network's forward on CUDA: ``"bf16"``, ``"fp16"``, or ``None``/``"none"`` (fp32); the output
+    #: is float32 before quantisation either way. Refused on CPU (see :data:`CPU_AMP_NOTE`).
     amp: Optional[str] = None
 
 
@@ -133,7 +155,11 @@ class EvalConfig:
     metric_options: Mapping[str, Any] = field(default_factory=dict)  #: ``{"crop_border": 4, "lpips.net": "vgg"}``
     disabled: Mapping[str, str] = field(default_factory=dict)  #: column -> reason: listed, not computed
     outputs: Outputs = field(default_factory=Outputs)
-    device: Union[str, torch.device] = "cpu"
+    #: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+    device: Union[str, torch.device] = "auto"
+    #: threads reading (decoding) the next pairs while the current one is restored and scored, and writing the
+    #: output PNGs; 0 reads and writes in the main thread; ``None``: ``min(4, CPU count)``. Results are identical.
+    workers: Optional[int] = None
     #: also score the inputs (SR: bicubic-upsampled) with the same metrics; None: the preset's default
     score_input: Optional[bool] = None
 
@@ -199,6 +225,12 @@ def _check_config(cfg: EvalConfig) -> bool:
                                                      or 2 * net.tile_overlap >= net.tile):
         raise InputError(f"need tile >= 1 and 0 <= tile_overlap < tile/2, got tile={net.tile}, "
                          f"tile_overlap={net.tile_overlap}")
+    if net is not None:
+        from ddr_restore.eval.inference import normalize_amp
+
+        amp = normalize_amp(net.amp)
+        if amp is not None and not model_mode:
+            raise InputError(f"amp={net.amp!r} applies to running a network; restored_dir scores saved outputs")
     if test.gray not in GRAY_CHOICES:
         raise InputError(f"gray must be one of {', '.join(GRAY_CHOICES)}; got {test.gray!r}")
     if test.alpha not in ALPHA_CHOICES:
@@ -213,8 +245,9 @@ def _scale(cfg: EvalConfig) -> int:
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``auto``: the current CUDA device when CUDA is present, else the CPU; anything else checked as given."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as err:
@@ -226,6 +259,33 @@ def _resolve_device(device: Union[str, torch.device]) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise InputError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
     return dev
+
+
+def device_name(dev: torch.device) -> str:
+    """The device's name for the log line and the summary: the GPU's (``"NVIDIA H100 80GB HBM3"``), or the CPU's
+    model and torch's thread count (``"Intel(R) Xeon(R) Processor, 2 threads"``)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    model = platform.processor() or platform.machine() or dev.type
+    try:  # Linux names the model here; platform.processor() is often only the architecture
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def _check_amp(spec: Optional[Network], dev: torch.device) -> Optional[str]:
+    """The run's autocast dtype name (``None``: fp32); a request for autocast off CUDA is an error that says why."""
+    from ddr_restore.eval.inference import normalize_amp
+
+    amp = normalize_amp(spec.amp) if spec is not None else None
+    if amp is not None and dev.type != "cuda":
+        raise InputError(f"--amp {amp} autocasts the network on CUDA; the device is {dev} ({CPU_AMP_NOTE}): leave "
+                         f"out --amp, or use --device cuda on a machine with a GPU")
+    return amp
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -388,7 +448,8 @@ def _load_network(spec: Network, dev: torch.device) -> Tuple[torch.nn.Module, Di
     info = {
         "network_g": getattr(net, "ddr_network_opt", {"type": type(net).__name__}),
         "checkpoint_key": getattr(net, "ddr_checkpoint_key", None),
-        "tlc": spec.tlc, "tile": spec.tile, "tile_overlap": spec.tile_overlap if spec.tile else None, "amp": spec.amp,
+        "tlc": spec.tlc, "tile": spec.tile, "tile_overlap": spec.tile_overlap if spec.tile else None,
+        "amp": _check_amp(spec, dev) or "none",
     }
     return net, info
 
@@ -411,19 +472,46 @@ def _check_net_scale(net: torch.nn.Module, cfg: EvalConfig, scale: int) -> int:
     return ns
 
 
+def _to_device(inp: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """The uint8 HWC input as a (1,3,H,W) float tensor in [0,1] on ``dev`` (the values of ``img2tensor``).
+
+    On CUDA the uint8 image is copied (a quarter of the bytes of float32) and converted there: the same IEEE
+    division by 255, so the same values. The divisor is a CUDA tensor, not a Python number: torch's CUDA division
+    by a CPU scalar multiplies by its reciprocal instead, which can differ from ``x / 255`` in the last bit.
+    """
+    if dev.type != "cuda":
+        return img2tensor(inp).unsqueeze(0)
+    x = torch.from_numpy(np.ascontiguousarray(inp)).to(dev)
+    # contiguous NCHW: a permuted view has channels-last strides, which would make cuDNN pick other kernels
+    return x.permute(2, 0, 1).unsqueeze(0).contiguous().float().div_(torch.full((), 255.0, device=dev))
+
+
+def _to_uint8(y: torch.Tensor) -> np.ndarray:
+    """The output quantised as ``tensor2img`` does (clamp to [0,1], x255, round half to even); on CUDA on the GPU,
+    so that a quarter of the bytes comes back (same float32 ops, same values)."""
+    if y.device.type != "cuda":
+        return tensor2img(y)
+    t = y.detach().float()
+    t = t[0] if t.dim() == 4 else t
+    q = t.clamp(0, 1).mul(255.0).round().to(torch.uint8)
+    return q.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
 def _run_network(net: torch.nn.Module, spec: Network, inp: np.ndarray,
                  dev: torch.device) -> Tuple[np.ndarray, float]:
-    """The 8-bit output of ``net`` for one input and the inference time in seconds."""
+    """The 8-bit output of ``net`` for one input and the inference time in seconds (the forward pass, padding and
+    tiling included; the transfers and the quantisation not)."""
     from ddr_restore.eval.inference import restore
 
-    x = img2tensor(inp).unsqueeze(0).to(dev)
+    x = _to_device(inp, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     y = restore(net, x, tile=spec.tile, tile_overlap=spec.tile_overlap, amp=spec.amp)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return tensor2img(y), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return _to_uint8(y), seconds
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -439,6 +527,7 @@ class _Run:
     slots: List[MetricSlot]
     scale: int = 1  #: SR factor (1: same-size restoration)
     score_input: bool = False
+    workers: int = 0  #: read-ahead/writer threads (0: all in the main thread)
     net: Optional[torch.nn.Module] = None
     net_scale: int = 1
     #: how many inputs were seen per kind: "low-res" (upsampled for the input row) or "hr-size" (scored as they are)
@@ -462,6 +551,10 @@ class _Pair:
     inp: Optional[np.ndarray]  #: the input as read (SR: the LR image)
     baseline: Optional[np.ndarray]  #: what the input row scores (SR: bicubic-upsampled LR), target-sized
     target_note: str = ""  #: how the target was cropped (for size errors)
+    #: SR inputs: "low-res" (upsampled for the input row) or "hr-size" (scored as they are); counted by the main
+    #: thread (pairs are read on worker threads)
+    input_kind: Optional[str] = None
+    restored: Optional[np.ndarray] = None  #: the saved output (restored_dir mode), read with the pair
 
 
 Size = Tuple[int, int]  # (width, height)
@@ -537,22 +630,24 @@ def _sr_pair(run: _Run, it: EvalItem, inp: Optional[np.ndarray], target: np.ndar
     if inp is None:  # scoring saved outputs without the LR images
         return _Pair(cropped, None, None, note)
     if inp_size == (tw, th):  # an LR already stored at HR size (registered, RealSR V1/V2): nothing to upsample
-        run.input_kinds["hr-size"] = run.input_kinds.get("hr-size", 0) + 1
-        return _Pair(cropped, inp, inp)
+        return _Pair(cropped, inp, inp, input_kind="hr-size")
     from ddr_restore.data.imresize import imresize
 
-    run.input_kinds["low-res"] = run.input_kinds.get("low-res", 0) + 1
-    return _Pair(cropped, inp, imresize(inp, scale=s), note)
+    return _Pair(cropped, inp, imresize(inp, scale=s), note, input_kind="low-res")
 
 
 def _read_pair(run: _Run, it: EvalItem) -> _Pair:
-    """Read one pair and bring it to the protocol's geometry (checked; errors name both files)."""
+    """Read one pair and bring it to the protocol's geometry (checked; errors name both files).
+
+    Runs on the read-ahead threads: it reads ``run`` and changes nothing shared.
+    """
     test = run.cfg.test
     target = _read_uint8(it.target_path, "target image", test)
     inp = _read_uint8(it.input_path, "input image", test) if it.input_path is not None else None
-    if run.sr:
-        return _sr_pair(run, it, inp, target)
-    return _Pair(target, inp, inp)
+    pair = _sr_pair(run, it, inp, target) if run.sr else _Pair(target, inp, inp)
+    if run.net is None and it.restored_path is not None:
+        pair.restored = _read_uint8(it.restored_path, "restored image", test)
+    return pair
 
 
 def _check_network_input(run: _Run, it: EvalItem, pair: _Pair) -> None:
@@ -586,7 +681,9 @@ def _restored_image(run: _Run, it: EvalItem, pair: _Pair) -> Tuple[np.ndarray, O
                              f"{it.target_path} is {target.shape}{pair.target_note} (does the option file "
                              f"describe a network for this task?)")
         return restored, seconds
-    restored = _read_uint8(it.restored_path, "restored image", run.cfg.test)
+    restored = pair.restored
+    if restored is None:  # the pair was read before the mode was known (never in evaluate(); kept for safety)
+        restored = _read_uint8(it.restored_path, "restored image", run.cfg.test)
     if restored.shape != target.shape:
         raise InputError(f"size mismatch: restored {it.restored_path} is {_wxh(restored)} but target "
                          f"{it.target_path} is {_wxh(target)}{pair.target_note}")
@@ -599,13 +696,16 @@ def _input_label(run: _Run, pair: _Pair) -> str:
     return "input"
 
 
-def _evaluate_item(run: _Run, it: EvalItem, with_grid: bool) -> Dict[str, Any]:
-    """Score one pair (and its input, for the input row); write its output image and grid when asked.
+def _evaluate_item(run: _Run, it: EvalItem, pair: _Pair, with_grid: bool,
+                   writer: BackgroundWriter) -> Dict[str, Any]:
+    """Score one pair read by :func:`_read_pair` (and its input, for the input row); hand its output image and
+    grid to ``writer`` when asked.
 
     Returns its CSV row.
     """
     out_opts = run.cfg.outputs
-    pair = _read_pair(run, it)
+    if pair.input_kind is not None:
+        run.input_kinds[pair.input_kind] = run.input_kinds.get(pair.input_kind, 0) + 1
     restored, seconds = _restored_image(run, it, pair)
     row: Dict[str, Any] = {"name": it.name, **_score(run.slots, restored, pair.target), "seconds": seconds}
     baseline = pair.baseline
@@ -617,17 +717,24 @@ def _evaluate_item(run: _Run, it: EvalItem, with_grid: bool) -> Dict[str, Any]:
         scores = _score(run.slots, baseline, pair.target)
         input_values = {s.column: scores[s.column] for s in run.slots}
         row.update({report.input_column(c): v for c, v in input_values.items()})
-    saved = write_image(run.out / "images" / it.out_rel, restored) if out_opts.save_images else None
+    saved = run.out / "images" / it.out_rel if out_opts.save_images else None
+    if saved is not None:
+        writer.submit(write_image, saved, restored)
     if with_grid:
         panels = []
         if baseline is not None and baseline.shape == restored.shape:
             label = _input_label(run, pair)
             panels.append((report.grid_caption(run.slots, input_values, label) if input_values else label, baseline))
         panels += [(report.grid_caption(run.slots, row), restored), ("target", pair.target)]
-        write_image(run.out / "grid" / it.out_rel, report.make_grid(panels))
+        writer.submit(_write_grid, run.out / "grid" / it.out_rel, panels)
     row.update({"target_path": str(it.target_path), "input_path": str(it.input_path) if it.input_path else "",
                 "restored_path": str(saved or it.restored_path or "")})
     return row
+
+
+def _write_grid(path: Path, panels: Sequence[Tuple[str, np.ndarray]]) -> None:
+    """Compose and write one grid (on the writer thread: composing is part of the cost)."""
+    write_image(path, report.make_grid(panels))
 
 
 def _input_text(run: _Run, rows: Sequence[Mapping[str, Any]]) -> Optional[str]:
@@ -688,6 +795,42 @@ def _run_description(cfg: EvalConfig, name: str, model_mode: bool, network_info:
     }
 
 
+def _evaluate_items(run: _Run, items: Sequence[EvalItem]) -> List[Dict[str, Any]]:
+    """The CSV rows of every pair, in order: the next pairs are read on ``run.workers`` threads (at most
+    ``2 x workers`` ahead) and the output PNGs written on another while the current pair is restored and scored;
+    ``workers=0`` does it all in this thread. Results and errors are the same either way (a file error is raised
+    when its pair is reached, naming the file)."""
+    from tqdm import tqdm
+
+    o = run.cfg.outputs
+    rows: List[Dict[str, Any]] = []
+    with tqdm(total=len(items), desc=f"ddr-eval {run.cfg.test.preset}", disable=not o.progress, unit="img") as bar, \
+            Prefetcher(functools.partial(_read_pair, run), items, run.workers) as pairs, \
+            BackgroundWriter(enabled=run.workers > 0) as writer:
+        for i, (it, pair) in enumerate(pairs):
+            rows.append(_evaluate_item(run, it, pair, with_grid=i < o.grid, writer=writer))
+            bar.update()
+    return rows
+
+
+def _runtime(cfg: EvalConfig, dev: torch.device, amp: Optional[str], workers: int) -> Dict[str, Any]:
+    """How the run ran (the summary's ``runtime``): the device, its name, whether ``auto`` chose it, autocast,
+    reader threads, torch version."""
+    return {"device": str(dev), "device_name": device_name(dev), "requested_device": str(cfg.device),
+            "auto": str(cfg.device) == "auto", "amp": amp or "none", "workers": workers, "torch": torch.__version__}
+
+
+def _with_runtime(summary: Dict[str, Any], runtime: Dict[str, Any]) -> Dict[str, Any]:
+    """The summary with ``runtime`` placed after its ``device`` entry."""
+    out: Dict[str, Any] = {}
+    for key, value in summary.items():
+        out[key] = value
+        if key == "device":
+            out["runtime"] = runtime
+    out.setdefault("runtime", runtime)
+    return out
+
+
 def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Dict[str, Any]:
     """Evaluate a network or saved outputs on a test set; write ``per_image.csv``/``summary.json``; return the summary.
 
@@ -708,7 +851,9 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
         cfg = EvalConfig.from_keywords(config or "folder", **keywords)
     t_start = time.perf_counter()
     model_mode = _check_config(cfg)
+    workers = check_workers(cfg.workers)
     dev = _resolve_device(cfg.device)
+    amp = _check_amp(cfg.network if model_mode else None, dev)
     test, o = cfg.test, cfg.outputs
 
     scale = _scale(cfg)
@@ -729,7 +874,7 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
     holds_results = outputs.check_out_dir(out, [test.root, test.input_dir, test.target_dir, test.list_file,
                                                 cfg.restored_dir, net.option_file, net.checkpoint])
     score_input = PRESETS[test.preset].score_input if cfg.score_input is None else bool(cfg.score_input)
-    run = _Run(cfg, dev, out, _build_slots(cfg, dev), scale=scale, score_input=score_input)
+    run = _Run(cfg, dev, out, _build_slots(cfg, dev), scale=scale, score_input=score_input, workers=workers)
     network_info: Dict[str, Any] = {}
     if model_mode:
         run.net, network_info = _load_network(net, dev)
@@ -738,13 +883,15 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
             _check_sr_sizes(scale, items)
         if items:  # the first pair's sizes against the network before earlier results are moved away
             _check_network_input(run, items[0], _read_pair(run, items[0]))
-            run.input_kinds.clear()
-
-    from tqdm import tqdm
 
     previous = outputs.prepare_out_dir(out, holds_results, o.overwrite)
-    rows = [_evaluate_item(run, it, with_grid=i < o.grid)
-            for i, it in enumerate(tqdm(items, desc=f"ddr-eval {test.preset}", disable=not o.progress, unit="img"))]
+    runtime = _runtime(cfg, dev, amp, workers)
+    line = (f"device {runtime['device']} ({runtime['device_name']}{', auto' if runtime['auto'] else ''}), amp "
+            f"{runtime['amp']}, {workers} reader thread(s)")
+    logger.info("ddr-eval: %s", line)
+    if o.progress:
+        print(f"[ddr-eval] {line}", file=sys.stderr)
+    rows = _evaluate_items(run, items)
     input_text = _input_text(run, rows)
     report.write_csv(out / "per_image.csv", rows, report.csv_columns(run.slots, input_row=input_text is not None))
     infer = [r["seconds"] for r in rows if r["seconds"] is not None]
@@ -754,5 +901,6 @@ def evaluate(config: Union[EvalConfig, str, None] = None, **keywords: Any) -> Di
     intro = protocol_intro(test.preset, scale, _crop_border(run.slots), input_text)
     summary = report.build_summary(description, intro, run.slots, rows, timing, input_text=input_text,
                                    input_label=_table_label(run))
+    summary = _with_runtime(summary, runtime)
     report.write_summary(out / "summary.json", summary)
     return summary

@@ -5,6 +5,17 @@ the paper's lambda_d. The CLIP encoder inside is frozen and always in eval mode;
 *buffers* (not parameters, ``requires_grad=False``), so ``DDRLoss(...).parameters()`` is empty: no optimizer, gradient
 clipping or DDP gradient reduction ever sees them, and a parent's ``requires_grad_(True)`` cannot unfreeze them. Keep
 loss modules out of the DDP wrapper (wrap only the network): each rank builds its own identical frozen CLIP.
+
+Speed options (both off by default: the default is the exact fp32 eager loss)::
+
+    ddr_opt:
+      type: DDRLoss
+      compile: true          # or "reduce-overhead" (CUDA graphs on CUDA), "max-autotune", ...
+      autocast: bf16         # or fp16 / true (CUDA only)
+
+``compile`` captures the part after the resize to 224x224 (CLIP image tower + responses) with ``torch.compile``;
+on CUDA, ``compile: reduce-overhead`` with ``autocast: bf16`` is the fast path. Gradients flow to the restored
+image as in eager mode (the frozen CLIP weights are buffers, so no gradient is computed for them).
 """
 from __future__ import annotations
 
@@ -35,9 +46,11 @@ class DDRLoss(nn.Module):
         switch_hint: the option that sets ``pretrained``, named when the CLIP weights are unavailable (default
             ``train.ddr_opt.pretrained``, where the trainer reads this loss from; pass another key when the loss is
             configured elsewhere).
-        **ddr_kwargs: any other DDR option (``antialias``, ``nonsquare``, ``clamp``, ``autocast``, ...).
-            ``check_range`` defaults to False here: a network's output can overshoot [0,1] early in training and the
-            official loss sees it unclamped; NaN/inf losses are caught by the trainer.
+        **ddr_kwargs: any other DDR option (``antialias``, ``nonsquare``, ``clamp``, ``autocast``, ``compile``,
+            ...). ``check_range`` defaults to False here: a network's output can overshoot [0,1] early in training
+            and the official loss sees it unclamped (and the check would synchronise with the GPU every step);
+            NaN/inf losses are caught by the trainer. A bad ``compile``/``autocast`` value is reported under the
+            option path derived from ``switch_hint`` (``train.ddr_opt.compile``), before CLIP is loaded.
     """
 
     requires_target = False  # no-reference: the loss sees only the restored image
@@ -57,8 +70,12 @@ class DDRLoss(nn.Module):
         except (TypeError, ValueError):
             raise InputError(f"DDRLoss: loss_weight must be a number, got {loss_weight!r}") from None
         # Imported here so that registering the loss does not import open_clip.
-        from ddr_restore.ddr.descriptor import DDR
+        from ddr_restore.ddr.descriptor import DDR, resolve_autocast, resolve_compile
 
+        where = _option_prefix(switch_hint)
+        for key, resolve in (("compile", resolve_compile), ("autocast", resolve_autocast)):
+            if key in ddr_kwargs:  # checked here to name the option-file key, and before the slow CLIP load
+                resolve(ddr_kwargs[key], option=f"{where}.{key}" if where else f"DDRLoss {key}")
         ddr_kwargs.setdefault("check_range", False)
         self.ddr = DDR(backbone=backbone, pretrained=pretrained, degradations=degradations, switch_hint=switch_hint,
                        **ddr_kwargs)
@@ -71,3 +88,11 @@ class DDRLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
         """``loss_weight * -mean_b Q_DDR(pred)``; ``target`` is accepted for a uniform loss call and ignored."""
         return self.loss_weight * self.ddr(pred)
+
+
+def _option_prefix(switch_hint: Optional[str]) -> str:
+    """``"train.ddr_opt"`` from ``"train.ddr_opt.pretrained"``: where this loss's options live in the option file
+    (the trainer passes ``<where>.pretrained`` as ``switch_hint``); "" when the hint is not an option-file key."""
+    if isinstance(switch_hint, str) and switch_hint.endswith(".pretrained") and not switch_hint.startswith("-"):
+        return switch_hint[: -len(".pretrained")]
+    return ""

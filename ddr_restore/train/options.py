@@ -33,6 +33,23 @@ BasicSR's single-loss keys remain, as aliases of one term each (:data:`LOSS_ALIA
 ``train.losses`` in file order. A name defined twice (``pixel_opt`` and ``losses.l_pix``) is an error. BasicSR's
 ``PerceptualLoss`` type is not ours: ``perceptual_opt`` takes any registered loss (e.g. ``LPIPSLoss``).
 
+Speed options (``train``; none changes what is trained, see :mod:`ddr_restore.train.trainer` for the details):
+
+* ``amp: bf16 | fp16 | false`` (default false): the forward pass and the losses under ``torch.autocast``. bf16
+  works on CUDA (GPUs with bfloat16) and on the CPU; fp16 is CUDA only, with a ``GradScaler`` (on the CPU it is
+  ignored with a warning and the run trains in fp32: fp16 arithmetic is emulated there, slower than fp32, so no
+  CPU user wants it, while refusing it would break the CPU smoke runs of GPU option files). ``true`` is refused as
+  ambiguous.
+* ``tf32: true | false`` (default true): TF32 tensor cores for fp32 matmuls and convolutions on CUDA
+  (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``); ``false`` makes both
+  strict fp32. No effect on the CPU (the log says so).
+* ``channels_last: true | false`` (default false): network weights and input batches in
+  ``torch.channels_last`` memory format (faster convolutions on tensor cores for some networks; measure).
+* ``compile: false | true | <mode>`` (default false): ``torch.compile`` of the network used for training;
+  ``true`` is the default mode, or one of :data:`COMPILE_MODES`. Checkpoints keep the plain parameter names.
+* Not an option: Adam/AdamW use the fused CUDA implementation when every parameter is a CUDA float tensor, unless
+  ``train.optim_g`` sets ``fused`` or ``foreach`` itself.
+
 Option changes on resume (:func:`resume_changes`). Every training state stores the resolved options it was
 trained with (older states: the option file copied into the experiment folder is read instead). When a run is
 resumed, the new options are compared with those, key by key:
@@ -43,9 +60,14 @@ resumed, the new options are compared with those, key by key:
   per-sample seeds do not depend on them), process placement (``num_gpu``, ``dist_params``,
   ``find_unused_parameters``), ``path.*`` (the weights come from the checkpoint), ``name``, ``model_type``,
   ``is_train``, a loss term's ``switch_hint`` (it only names an option in error messages); ``manual_seed: null``
-  takes the checkpoint's seed.
+  takes the checkpoint's seed; the speed options ``train.amp``, ``train.tf32``, ``train.channels_last``,
+  ``train.compile`` and the optimizer's implementation switches ``train.optim_g.fused`` / ``foreach``: they change
+  how the same model, optimizer state and data order are computed, not what is trained (the trainer re-lays the
+  restored optimizer state out for the new memory format and implementation; a GradScaler state is used only by
+  ``amp: fp16`` and starts afresh when the checkpoint has none). Like moving a run to another GPU, such a resume
+  is not bit-identical to the uninterrupted run.
 * refused, with one message listing every differing key: ``network_g``, ``scale``, ``manual_seed`` (another
-  number), every other ``train.*`` key (optimizer, scheduler, warm-up, EMA, clipping, accumulation, AMP, losses)
+  number), every other ``train.*`` key (optimizer, scheduler, warm-up, EMA, clipping, accumulation, losses)
   and every other ``datasets.train`` key (data, crops, batch size, sampling). Changing them mid-run would make a
   run that is neither the old one nor the new one (BasicSR silently keeps the old optimizer and scheduler state);
   start a new experiment (another ``name``, optionally ``path.pretrain_network_g``) instead.
@@ -74,6 +96,7 @@ __all__ = [
     "OptionsError",
     "SCHEMA",
     "MODEL_TYPE_ALIASES",
+    "COMPILE_MODES",
     "LOADER_KEYS",
     "load_options",
     "parse_options",
@@ -101,6 +124,9 @@ class OptionsError(InputError):
 
 
 MODEL_TYPE_ALIASES = ("DDRModel", "ImageRestorationModel", "SRModel", "ImageCleanModel")
+
+#: ``train.compile`` strings: ``torch.compile`` modes (``true`` is ``"default"``)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 _MISSING = object()
 
@@ -272,7 +298,11 @@ SCHEMA: Dict[str, Key] = {
             "use_grad_clip": Key(("bool",), default=False),
             "grad_clip_norm": Key(("float",), default=0.01),
             "accumulate_grad_batches": Key(("int",), default=1, check=_positive),
+            # speed options (see "Speed options" in the module docstring); each may change on resume
             "amp": Key(("bool", "str", "none"), default=False, choices=(False, None, "bf16", "fp16")),
+            "tf32": Key(("bool",), default=True),
+            "channels_last": Key(("bool",), default=False),
+            "compile": Key(("bool", "str"), default=False, choices=(False, True) + COMPILE_MODES),
             # one loss term each (see loss_terms): the BasicSR aliases and the catalog of named terms
             "pixel_opt": _LOSS_TERM,
             "perceptual_opt": _LOSS_TERM,
@@ -659,6 +689,10 @@ RESUME_MUTABLE: Tuple[str, ...] = (
     "name", "model_type", "is_train",
     "imports",  # where the parts' code is imported from; the parts themselves (network_g, losses) are compared
     "train.losses.*.switch_hint",  # compared after the aliases are moved into train.losses (_canonical_losses)
+    # speed options: the same model, optimizer state and data order in another precision / layout / compiler
+    "train.amp", "train.tf32", "train.channels_last", "train.compile",
+    "train.optim_g.fused", "train.optim_g.foreach",
+    "train.losses.*.compile", "train.losses.*.autocast",  # the DDR fast path: same loss, another execution
 )
 
 _ABSENT = "(absent)"

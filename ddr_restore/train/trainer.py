@@ -10,6 +10,26 @@ iterations the losses (each term under its name, and ``l_total``) and lr are log
 ``losses/<name>``), every ``save_checkpoint_freq`` a checkpoint is written, every ``val_freq`` the validation sets
 are evaluated.
 
+Speed (``train.amp``, ``train.tf32``, ``train.channels_last``, ``train.compile``; see
+:mod:`ddr_restore.train.options`): the forward pass and the losses run under ``torch.autocast`` (bf16 on CUDA or
+the CPU, fp16 with a GradScaler on CUDA); TF32 matmuls/convolutions are switched on for the run on CUDA (and put
+back afterwards); the network and each input batch are laid out ``channels_last``; the module used for the
+training forward is ``torch.compile``-d (DDP included), while validation, the EMA and the checkpoints use the plain
+module, so saved keys never carry ``_orig_mod.``. Adam/AdamW take the fused CUDA step unless ``train.optim_g`` sets
+``fused``/``foreach``. A failing compile stops the first iteration with one ``train.compile: ...`` message. The
+effective settings are logged once at the start (``precision: ...``).
+
+No host synchronisation per iteration: the loss values stay on the device and are read (checked for NaN/inf,
+averaged over ranks, logged) only at synchronisation points: every ``logger.print_freq`` iterations, before every
+checkpoint save and validation, at the last iteration, and after every iteration when an ``iteration_callback``
+is given (the callback needs the values). The GPU therefore runs up to ``print_freq`` iterations ahead of Python.
+The guarantees of a per-iteration check are kept: a non-finite loss raises :class:`TrainingDivergedError` naming
+the *first* iteration whose loss was not finite (found at the next synchronisation point, before any save, so
+nothing is saved after it); under DDP the check and the Ctrl-C agreement are one all-reduce made at the same
+iterations on every rank, so every rank stops together. The logged losses keep their meaning: the values of the
+logged iteration (averaged over its ``accumulate_grad_batches`` micro-batches and over ranks), ``lr`` the rate
+that iteration used.
+
 Exact resume: the training state stores the optimizer, scheduler, EMA, AMP scaler, the RNG states of every rank,
 the best metrics, the epoch and the number of batches consumed in it; the data order and per-sample augmentation
 seeds are functions of (seed, epoch, position) (see :mod:`ddr_restore.train.sampling`). A run stopped at any
@@ -28,7 +48,9 @@ Nothing is lost, nothing is overwritten:
   refused with the list of differing keys otherwise: see :mod:`ddr_restore.train.options`).
 * Ctrl-C (SIGINT) lets the current iteration finish, writes its checkpoint and training state (atomically), logs
   the resume command and raises :class:`TrainingInterrupted`; a second Ctrl-C aborts at once (atomic writes leave
-  no partial file). Stale ``*.tmp`` files of an earlier kill are removed when a run starts or resumes.
+  no partial file). Under DDP the ranks agree on the stop at the next synchronisation point (at most
+  ``logger.print_freq`` iterations later) and save that iteration; a single process stops after the current one.
+  Stale ``*.tmp`` files of an earlier kill are removed when a run starts or resumes.
 * Validation also scores the degraded input against the target (``input_metrics``), so the gain of the network is
   reported next to its output in the log, TensorBoard, :class:`TrainResult` and the before/after PNG.
 """
@@ -172,8 +194,150 @@ def _new_log_file(exp_dir: Path, name: str) -> Path:
     return candidate
 
 
+def _avoid_mix_order_reduction_bug() -> None:
+    """Turn off Inductor's CUDA mix-order reduction on torch < 2.14 (pytorch/pytorch#178080).
+
+    It fuses LayerNorm2d's per-pixel and per-channel backward reductions and returns the gradient of a keepdim
+    (1, C, 1, 1) parameter (NAFNet's beta/gamma) as (C,): "CompiledFunctionBackward returned an invalid gradient at
+    index 13 - got [32] but expected shape compatible with [1, 32, 1, 1]". Fixed upstream (#178098, in 2.14.1).
+    """
+    try:
+        import torch._inductor.config as inductor_config
+    except ImportError:  # pragma: no cover - torch without inductor
+        return
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+    triton_cfg = getattr(inductor_config, "triton", None)
+    if version < (2, 14) and getattr(triton_cfg, "mix_order_reduction", False):
+        triton_cfg.mix_order_reduction = False
+
+
+def _input_at_target_size(lq_img: np.ndarray, gt_img: Optional[np.ndarray], scale: int) -> np.ndarray:
+    """The degraded input as validation scores and draws it: at the target's size.
+
+    A super-resolution input (``scale`` > 1, LR exactly ``1/scale`` of the target) is upsampled with the
+    MATLAB-compatible bicubic :func:`~ddr_restore.data.imresize.imresize` (the classical SR baseline), so the
+    "input" figures of an SR run are bicubic's. Any other input is returned unchanged.
+    """
+    if gt_img is None or scale <= 1 or lq_img.shape[:2] == gt_img.shape[:2]:
+        return lq_img
+    if (lq_img.shape[0] * scale, lq_img.shape[1] * scale) != gt_img.shape[:2]:
+        return lq_img
+    from ddr_restore.data.imresize import imresize
+
+    return imresize(lq_img, output_shape=gt_img.shape[:2])
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+# ---------------------------------------------------------------------------------------------- speed helpers
+#: the ``torch.compile`` backend of ``train.compile`` (a module attribute so that a test can swap in a backend that
+#: captures the same graphs without generating code)
+_COMPILE_BACKEND = "inductor"
+
+# Python frames of the compiler stack: an exception raised inside them is a torch.compile failure, not the model's
+_COMPILER_PATHS = tuple(os.sep + os.path.join("torch", part) + os.sep for part in ("_dynamo", "_inductor",
+                                                                                     "_functorch", "fx"))
+
+
+def _compile_failure(err: BaseException) -> bool:
+    """Whether ``err`` comes from ``torch.compile`` (dynamo, AOTAutograd, inductor) rather than from the model.
+
+    A compiled backward that returns a wrongly shaped gradient fails in the C++ autograd engine, outside any
+    compiler frame; its message names ``CompiledFunction``.
+    """
+    if isinstance(err, torch.OutOfMemoryError):  # the model's size, not the compiler (even inside compiled code)
+        return False
+    if "CompiledFunction" in str(err) or type(err).__module__.startswith("torch._dynamo"):
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        if any(part in tb.tb_frame.f_code.co_filename for part in _COMPILER_PATHS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _contiguous_state(net: nn.Module) -> Dict[str, torch.Tensor]:
+    """``net.state_dict()`` with contiguous tensors: a ``train.channels_last`` run writes the same files as any
+    other (the state dict keeps its ``_metadata``)."""
+    state = net.state_dict()
+    for key, value in state.items():
+        state[key] = value.contiguous()
+    return state
+
+
+def _tf32_flags() -> Tuple[bool, bool]:
+    """(matmul, cuDNN convolution) TF32 switches as they are now."""
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # torch >= 2.9 refuses the legacy read after someone set the new fp32_precision API
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
+                torch.backends.cudnn.conv.fp32_precision == "tf32")
+
+
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    # The legacy switches on purpose: code that reads either these or the newer ``fp32_precision`` attributes keeps
+    # working, whereas setting ``fp32_precision`` makes a later read of ``allow_tf32`` raise (torch >= 2.9).
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _align_optimizer_state(optimizer: torch.optim.Optimizer, flags: List[Dict[str, Any]]) -> None:
+    """After ``optimizer.load_state_dict``: keep this run's implementation switches and lay the state out for it.
+
+    ``load_state_dict`` takes ``fused``/``foreach``/``capturable`` from the saved param groups, so a checkpoint of a
+    CPU (unfused) run would switch the fused CUDA step off, and one of a fused run would leave its ``step`` counters
+    on the GPU of an unfused run (whose step then reads them back to the host every iteration). The current run's
+    switches (``flags``, one dict per group) are put back; ``step`` goes to the parameter's device (fused or
+    capturable) or the CPU; moment buffers saved in another memory format (``train.channels_last`` changed) are
+    copied into the parameter's layout so that the fused/foreach kernels see matching strides.
+    """
+    for group, keep in zip(optimizer.param_groups, flags):
+        group.update(keep)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            for key, value in list(state.items()):
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step":
+                    target = (param.device, torch.float32) if on_device else (torch.device("cpu"), value.dtype)
+                    state[key] = value.to(*target)
+                elif value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float, first: bool) -> None:
+    """One EMA step of a ``torch.optim.swa_utils.AveragedModel`` (``use_buffers=True``) without a host sync.
+
+    The same arithmetic as ``AveragedModel.update_parameters`` with ``get_ema_multi_avg_fn(decay)`` (the first
+    update copies, later ones ``lerp`` by ``1 - decay``; integer buffers use ``ema * decay + model * (1 - decay)``),
+    but that method compares its CPU counter ``n_averaged`` and copies it to the GPU on every call: a blocking copy,
+    i.e. a host synchronisation per iteration. ``first`` is tracked by the caller instead.
+    """
+    mine = [t.detach() for t in list(ema.module.parameters()) + list(ema.module.buffers())]
+    theirs = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+    if first:
+        for a, b in zip(mine, theirs):
+            a.copy_(b)
+    else:
+        groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
+        for a, b in zip(mine, theirs):
+            dst, src = groups.setdefault((a.device, a.dtype), ([], []))
+            dst.append(a)
+            src.append(b)
+        for (_, dtype), (dst, src) in groups.items():
+            if dtype.is_floating_point or dtype.is_complex:
+                torch._foreach_lerp_(dst, src, 1 - decay)
+            else:
+                for a, b in zip(dst, src):
+                    a.copy_(a * decay + b * (1 - decay))
+    ema.n_averaged += 1  # a CPU tensor: no device work
 
 
 def _set_seed(seed: int) -> None:
@@ -467,6 +631,9 @@ class Trainer:
         net = net.to(device)
         n_params = sum(p.numel() for p in net.parameters())
         self._notes.append(f"network_g: {type(net).__name__}, {n_params / 1e6:.3f} M parameters")
+        self.channels_last = bool(self.opt["train"]["channels_last"])
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)  # 4-D weights only; EMA and optimizer state follow
 
         train_opt = self.opt["train"]
         self.losses = [self._build_loss(term, device) for term in loss_terms(train_opt)]
@@ -482,29 +649,68 @@ class Trainer:
                 net, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=self.opt["find_unused_parameters"],
             )  # the constructor broadcasts rank 0's weights, so the EMA below starts equal on every rank
-        self.net = net
+        self.net = net  # validation, checkpoints and EMA use this one (never the compiled wrapper)
 
         self.ema = None
-        decay = train_opt.get("ema_decay") or 0.0
-        if decay > 0:
+        self.ema_decay = float(train_opt.get("ema_decay") or 0.0)
+        self._ema_first = True
+        if self.ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(_unwrap(net), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.ema = AveragedModel(_unwrap(net), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                                     use_buffers=True)
             self.ema.requires_grad_(False)
 
         params = [p for p in net.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, train_opt["optim_g"])
+        optim_cfg = dict(train_opt["optim_g"])
+        if (device.type == "cuda" and optim_cfg["type"] in ("Adam", "AdamW") and "fused" not in optim_cfg
+                and "foreach" not in optim_cfg and params and all(p.is_cuda and p.is_floating_point() for p in params)):
+            optim_cfg["fused"] = True  # one kernel for the whole step instead of a dozen per parameter group
+        self.optimizer = build_optimizer(params, optim_cfg)
+        self._optim_flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g}
+                             for g in self.optimizer.param_groups]
         self.scheduler = build_scheduler(self.optimizer, train_opt.get("scheduler"), train_opt["warmup_iter"])
 
         amp = train_opt.get("amp") or None
         self.amp_dtype = None
         self.scaler = None
-        if amp and device.type != "cuda":
-            self._notes.append(f"train.amp={amp} ignored: mixed precision is used on CUDA only")
+        if amp == "fp16" and device.type != "cuda":
+            self._notes.append("WARNING train.amp=fp16 ignored on the CPU (fp16 arithmetic is emulated there, slower "
+                               "than fp32): training in fp32; use train.amp: bf16 for mixed precision on the CPU")
+        elif amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InputError(f"train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 "
+                             "(with a GradScaler) or false")
         elif amp:
             self.amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
             if amp == "fp16":
                 self.scaler = torch.amp.GradScaler("cuda")
+
+        self._train_net: Callable[[torch.Tensor], torch.Tensor] = net
+        self.compile_mode: Optional[str] = None
+        compile_opt = train_opt["compile"]
+        if compile_opt is not False:
+            self.compile_mode = "default" if compile_opt is True else str(compile_opt)
+            # Compiling is lazy: the graphs are built (and a failure shows) in the first iteration, see _train_step.
+            # DDP is compiled whole so that dynamo splits the graph at its gradient buckets (DDPOptimizer).
+            _avoid_mix_order_reduction_bug()
+            self._train_net = torch.compile(net, mode=None if self.compile_mode == "default" else self.compile_mode,
+                                            backend=_COMPILE_BACKEND)
+        self._notes.append(self._speed_summary(device))
+
+    def _speed_summary(self, device: torch.device) -> str:
+        """One line with the effective precision and speed settings (logged once at the start)."""
+        if device.type == "cuda":
+            matmul, conv = _tf32_flags()
+            tf32 = (f"TF32 matmul {'on' if matmul else 'off'}, TF32 convolutions {'on' if conv else 'off'} "
+                    f"(train.tf32: {str(self.opt['train']['tf32']).lower()})")
+        else:
+            tf32 = "train.tf32 has no effect on the CPU"
+        amp = {None: "fp32 (no autocast)", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
+        group = self.optimizer.param_groups[0]
+        impl = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "default implementation"
+        return (f"precision: {amp[self.amp_dtype]}, {tf32}; memory format: "
+                f"{'channels_last' if self.channels_last else 'contiguous'}; torch.compile: "
+                f"{self.compile_mode or 'off'}; optimizer: {type(self.optimizer).__name__} ({impl})")
 
     def _build_loss(self, term: LossTerm, device: torch.device) -> _BuiltLoss:
         """Build one loss term on ``device`` (a module of its own: DDP never wraps or syncs a frozen CLIP/VGG).
@@ -537,12 +743,14 @@ class Trainer:
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        _align_optimizer_state(self.optimizer, self._optim_flags)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             if state.get("ema") is None:
                 raise InputError("the training state has no EMA but train.ema_decay is set; resume with the options "
                                  "the checkpoint was trained with")
             self.ema.load_state_dict(state["ema"])
+            self._ema_first = int(self.ema.n_averaged) == 0
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best = copy.deepcopy(state.get("best_metrics") or {})
@@ -613,19 +821,44 @@ class Trainer:
                 terms[loss.name] = loss.module(out, gt) if loss.requires_target else loss.module(out)
         return terms
 
-    def _train_step(self, iteration: int) -> Dict[str, float]:
+    def _train_step(self, iteration: int) -> None:
+        """One optimizer step; its loss values stay on the device until the next :meth:`_sync` (no host sync)."""
+        try:
+            self._step(iteration)
+        except (KeyboardInterrupt, UserError, TrainingDivergedError):
+            raise
+        except Exception as err:
+            if self.compile_mode is None or not _compile_failure(err):
+                raise
+            root = err  # dynamo wraps a backend's exception (BackendCompilerFailed): name the original one
+            while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
+                root = getattr(root, "inner_exception", None) or root.__cause__
+            first = (str(root).strip().splitlines() or [""])[0]
+            raise InputError(
+                f"train.compile: torch.compile ({self.compile_mode}) of {type(_unwrap(self.net)).__name__} failed "
+                f"in iteration {iteration}: {type(root).__name__}: {first[:300]} -- train without it "
+                "(--set train.compile=false); the full traceback is in the log file"
+            ) from err
+
+    def _step(self, iteration: int) -> None:
         train_opt = self.opt["train"]
         accum = train_opt["accumulate_grad_batches"]
         device = self.dist.device
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums: Dict[str, float] = {}
+        if self.compile_mode is not None and device.type == "cuda":
+            # reduce-overhead / max-autotune replay CUDA graphs: one training step per graph generation
+            torch.compiler.cudagraph_mark_step_begin()
+        row: Optional[torch.Tensor] = None
         for micro in range(accum):
             batch = self._next_batch()
             lq = batch["lq"].to(device, non_blocking=True)
             gt = batch["gt"].to(device, non_blocking=True)
             if self.progressive is not None:
                 lq, gt = self._progressive(lq, gt, iteration)
+            if self.channels_last:
+                lq = lq.contiguous(memory_format=torch.channels_last)
+                gt = gt.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext()
             if self.dist.distributed and micro < accum - 1:
                 sync = self.net.no_sync()  # gradients are all-reduced once, on the last micro-batch
@@ -633,32 +866,23 @@ class Trainer:
                 autocast = (torch.autocast(device_type=device.type, dtype=self.amp_dtype) if self.amp_dtype
                             else contextlib.nullcontext())
                 with autocast:
-                    out = self.net(lq)
+                    out = self._train_net(lq)
                     terms = self._losses(out, gt)
                 total = sum(terms.values())
                 terms["l_total"] = total
-                names = list(terms)
-                # Averaged over ranks now (not after backward): a NaN on any rank stops every rank together.
-                # The last entry carries the Ctrl-C requests, so that every rank stops after the same iteration.
-                values = all_reduce_sum([float(terms[k].detach()) for k in names]
-                                        + [float(self._interrupt.requested)], device)
-                self._stop_agreed = values.pop() > 0
-                values = [v / self.dist.world_size for v in values]
-                if not all(np.isfinite(values)):
-                    detail = ", ".join(f"{k}={v}" for k, v in zip(names, values))
-                    raise TrainingDivergedError(
-                        f"iteration {iteration}: non-finite loss ({detail}); training stopped. The last checkpoint "
-                        f"({self._last_saved or 'none'}) is intact: nothing was saved after this iteration."
-                    )
+                self._term_names = list(terms)
+                # The values stay on the device (float64, like the host sums they replace); they are read, checked
+                # for NaN/inf and averaged over ranks at the next synchronisation point, not here.
+                values = torch.stack([t.detach().reshape(()) for t in terms.values()]).to(torch.float64)
+                values = values / accum if accum > 1 else values
+                row = values if row is None else row + values
                 loss = total / accum
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            for k, v in zip(names, values):
-                sums[k] = sums.get(k, 0.0) + v / accum
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if train_opt["use_grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(train_opt["grad_clip_norm"]))
-        sums["lr"] = self.optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this iteration used
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -666,16 +890,60 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(_unwrap(self.net))
-        return sums
+            _ema_update(self.ema, _unwrap(self.net), self.ema_decay, self._ema_first)
+            self._ema_first = False
+        assert row is not None  # accumulate_grad_batches >= 1 (validated)
+        self._pending.append((iteration, float(lr), row))
+
+    def _sync(self, iteration: int) -> Dict[str, float]:
+        """Read the loss values of the iterations since the last call: the loop's only host synchronisation.
+
+        Called at ``logger.print_freq``, before every checkpoint save and validation, at the last iteration, and
+        after every iteration when an ``iteration_callback`` is set. Under DDP one all-reduce averages the values
+        over ranks and carries the Ctrl-C requests, so every rank makes the same decision at the same iteration
+        (the calls happen at the same iterations on every rank). Raises :class:`TrainingDivergedError` naming the
+        first iteration whose (rank-averaged) loss is not finite; since every save calls this first, nothing is
+        saved after such an iteration. Returns the logs of the last iteration: ``{term: value, "l_total", "lr"}``.
+        """
+        if self._synced_at == iteration:
+            return self._logs
+        pending, self._pending = self._pending, []
+        n = len(self._term_names)
+        device = self.dist.device
+        if pending:
+            block = torch.stack([values for _, _, values in pending])
+        else:
+            block = torch.zeros((0, n), dtype=torch.float64, device=device)
+        if self.dist.distributed:
+            requested = torch.tensor([float(self._interrupt.requested)], dtype=torch.float64, device=device)
+            flat = torch.cat([block.reshape(-1), requested])
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            host = flat.tolist()
+            self._stop_agreed = host.pop() > 0
+            rows = [[v / self.dist.world_size for v in host[i * n:(i + 1) * n]] for i in range(len(pending))]
+        else:
+            rows = block.tolist()
+        for (it, _, _), values in zip(pending, rows):
+            if not all(np.isfinite(values)):
+                detail = ", ".join(f"{k}={v}" for k, v in zip(self._term_names, values))
+                found = f" (found at iteration {iteration})" if it != iteration else ""
+                raise TrainingDivergedError(
+                    f"iteration {it}: non-finite loss ({detail}){found}; training stopped. The last checkpoint "
+                    f"({self._last_saved or 'none'}) is intact: nothing was saved after this iteration."
+                )
+        self._synced_at = iteration
+        if pending:
+            self._logs = {**dict(zip(self._term_names, rows[-1])), "lr": pending[-1][1]}
+        return self._logs
 
     def _save(self, iteration: int) -> None:
+        self._sync(iteration)  # raises if a loss since the last check was NaN/inf: nothing is saved after it
         rngs = all_gather_object(ckpt.rng_state())
         self._last_state = None
         if self.dist.is_main:
-            payload = {"params": _unwrap(self.net).state_dict()}
+            payload = {"params": _contiguous_state(_unwrap(self.net))}
             if self.ema is not None:
-                payload["params_ema"] = self.ema.module.state_dict()
+                payload["params_ema"] = _contiguous_state(self.ema.module)
             ckpt.atomic_save(payload, self.models_dir / f"net_g_{iteration}.pth")
             ckpt.atomic_save(payload, self.models_dir / "net_g_latest.pth")
             state = {
@@ -764,7 +1032,7 @@ class Trainer:
                     if needs_gt and gt_img is None:
                         raise InputError(f"val.metrics.{needs_gt[0]}: compares with a target, but datasets.{phase} "
                                          "items have no 'gt' image (use a no-reference metric such as q_ddr)")
-                    lq_img = tensor2img(item["lq"])
+                    lq_img = _input_at_target_size(tensor2img(item["lq"]), gt_img, int(self.opt.get("scale") or 1))
                     same_size = gt_img is not None and lq_img.shape == gt_img.shape
                     scores, in_scores = [], []
                     for j, metric in enumerate(metrics):
@@ -805,14 +1073,17 @@ class Trainer:
     def _cached_input(self, label: str, index: int) -> List[float]:
         return self._input_per_image.get((label, index), [])
 
-    @staticmethod
-    def _panel_labels(names: List[str], scores: List[float], in_scores: List[float]) -> List[str]:
-        """Corner labels of the before/after panels: the first metric of input and output, and the target."""
+    def _panel_labels(self, names: List[str], scores: List[float], in_scores: List[float]) -> List[str]:
+        """Corner labels of the before/after panels: the first metric of input and output, and the target.
+
+        For super-resolution (``scale`` > 1) the input panel is the bicubic upsampling of the LR input.
+        """
+        first_label = "bicubic" if int(self.opt.get("scale") or 1) > 1 else "input"
         if not names or not scores:
-            return ["input", "restored", "target"]
+            return [first_label, "restored", "target"]
         unit = " dB" if "psnr" in names[0].lower() else ""
         first = f"{names[0]} "
-        return [f"input {first}{in_scores[0]:.2f}{unit}" if in_scores else "input",
+        return [f"{first_label} {first}{in_scores[0]:.2f}{unit}" if in_scores else first_label,
                 f"restored {first}{scores[0]:.2f}{unit}", "target"]
 
     def _record(self, results: Dict[str, Dict[str, float]], iteration: int) -> None:
@@ -847,6 +1118,7 @@ class Trainer:
         """
         opt = self.opt
         self.dist: DistInfo = init_distributed(self.launcher, opt["num_gpu"])
+        tf32_before = _tf32_flags()  # process-wide switches: put back when the run ends
         self._paths()
         self._archived: Optional[Path] = None
         self._last_saved: Optional[str] = None
@@ -854,6 +1126,10 @@ class Trainer:
         self._saved_at = -1
         self._val_pending = False
         self._stop_agreed = False
+        self._pending: List[Tuple[int, float, torch.Tensor]] = []  # (iteration, lr, loss values on the device)
+        self._term_names: List[str] = []
+        self._synced_at = -1
+        self._logs: Dict[str, float] = {}
         self._interrupt = _Interrupt(debounce_s=1.0 if self.dist.distributed else 0.0, quiet=not self.dist.is_main)
         self.before_after: Optional[Path] = None
         self.best: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -867,6 +1143,8 @@ class Trainer:
         self._notes: List[str] = []
         self.logger = setup_text_logger(None, is_main=self.dist.is_main)
         try:
+            if self.dist.device.type == "cuda":
+                _set_tf32(bool(opt["train"]["tf32"]), bool(opt["train"]["tf32"]))
             # Everything that can be refused is checked before the experiment folder is touched.
             resume = self._find_resume()
             if resume is not None:
@@ -930,6 +1208,7 @@ class Trainer:
                                                                                          err.__traceback__))
             raise
         finally:
+            _set_tf32(*tf32_before)
             self.writer.close()
             close_text_logger()
 
@@ -945,7 +1224,8 @@ class Trainer:
                    config=dict(self.opt), sync_tensorboard=True)
 
     def _stop_now(self) -> bool:
-        """Every rank agrees (through the loss all-reduce of this iteration) when distributed."""
+        """Stop after the current iteration? Distributed: what every rank agreed at the last :meth:`_sync` (so a
+        Ctrl-C stops at the next synchronisation point); one process: as soon as Ctrl-C was pressed."""
         return self._stop_agreed if self.dist.distributed else self._interrupt.requested
 
     def _loop(self, log_file: Optional[Path]) -> TrainResult:
@@ -968,17 +1248,24 @@ class Trainer:
                 if self._stop_now():
                     break
                 self._last_state = None  # it shares tensors with the optimizer, which the step below changes
-                logs = self._train_step(iteration)
+                self._train_step(iteration)
                 self.current_iter = iteration
-                progress.update({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
-                if self.callback is not None:
+                print_due = iteration % print_freq == 0 or iteration == total_iter
+                save_due = (save_freq > 0 and iteration % save_freq == 0) or iteration == total_iter
+                # The loss values are read on the host only here (the same iterations on every rank): the GPU runs
+                # ahead of Python between these points.
+                logs: Optional[Dict[str, float]] = None
+                if self.callback is not None or print_due or save_due or self._val_due(iteration):
+                    logs = self._sync(iteration)
+                progress.update({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"} if logs else None)
+                if self.callback is not None and logs is not None:
                     try:
                         self.callback(iteration, dict(logs))
                     except _Abort:
                         raise
                     except KeyboardInterrupt:  # a library user's way to say Ctrl-C: stop after this iteration
                         self._interrupt.request()
-                if iteration % print_freq == 0 or iteration == total_iter:
+                if print_due and logs is not None:
                     terms = "  ".join(f"{k}: {v:.4e}" for k, v in logs.items() if k != "lr")
                     self.logger.info("[epoch %d, iter %d/%d, lr %.3e, %.3f s/it, eta %s] %s", self.epoch, iteration,
                                      total_iter, logs["lr"], progress.seconds_per_iter(iteration),
@@ -986,7 +1273,7 @@ class Trainer:
                     self.writer.scalars({f"losses/{k}": v for k, v in logs.items() if k != "lr"}, iteration)
                     self.writer.scalars({"lr": logs["lr"]}, iteration)
                 # Save before validating: a failure while validating must not lose this iteration's checkpoint.
-                if (save_freq > 0 and iteration % save_freq == 0) or iteration == total_iter:
+                if save_due:
                     self._save(iteration)
                 if self._val_due(iteration) and not self._stop_now():
                     last_metrics = self._validate_at(iteration)
@@ -1059,6 +1346,8 @@ def train(
             iteration, one entry per loss term (``l_pix``/``l_percep``/``l_ddr`` for the aliases, the
             ``train.losses`` names otherwise); the loss values are averaged over ranks. Raising
             ``KeyboardInterrupt`` in it stops training like Ctrl-C does (a checkpoint of that iteration is written).
+            Giving one makes every iteration a host synchronisation point (the values must be read for it); leave
+            it out for full speed.
 
     Returns:
         A :class:`TrainResult` with the checkpoint, TensorBoard folder and before/after image paths, the final
