@@ -165,3 +165,23 @@ def test_sr_demo_file_validates_offline_with_held_out_photos():
     val_set = build_dataset({**opt["datasets"]["val"], "scale": 4}, "val")
     assert train_set[0]["lq"].shape[-1] * 4 == train_set[0]["gt"].shape[-1]
     assert not {p[0] for p in train_set.photos} & {p[0] for p in val_set.photos}
+
+
+def test_sr_demo_header_states_the_true_bicubic_psnr():
+    """The header promises the validation Y-PSNR of the bicubic input; it must be what the data produces."""
+    import re
+
+    from ddr_restore.data.imresize import imresize
+    from ddr_restore.metrics.psnr_ssim import calculate_psnr
+
+    header = SR_DEMO.read_text(encoding="utf-8")
+    match = re.search(r"bicubic input (\d+\.\d+) dB", header)
+    assert match, "the SR demo header should state the validation PSNR of the bicubic input"
+    opt = parse_options(SR_DEMO)
+    ds = build_dataset({**opt["datasets"]["val"], "scale": 4}, "val")
+    scores = []
+    for i in range(len(ds)):
+        lr, hr = tensor2img(ds[i]["lq"]), tensor2img(ds[i]["gt"])
+        scores.append(calculate_psnr(imresize(lr, output_shape=hr.shape[:2]), hr, crop_border=4, test_y_channel=True))
+    decimals = len(match.group(1).split(".")[1])
+    assert abs(float(np.mean(scores)) - float(match.group(1))) <= 0.5 * 10 ** -decimals + 1e-9

@@ -111,13 +111,14 @@ def resume_command(program: Sequence[str], argv: Sequence[str], launcher: str = 
     return " ".join(shlex.quote(a) for a in prefix + args)
 
 
-def _summary(result: Any) -> None:
+def _summary(result: Any, scale: int = 1) -> None:
+    first = "bicubic" if scale > 1 else "input"  # SR validation draws and scores the bicubic upsampling of the LR
     resumed = f" (resumed at iteration {result.start_iter})" if result.start_iter else ""
     print(f"\nDone: {result.final_iter} iterations{resumed} in {result.experiment_dir}")
     print(f"  checkpoint       : {result.checkpoint}")
     print(f"  TensorBoard logs : {result.tb_dir if result.tb_dir else '(off)'}"
           + (f"   (tensorboard --logdir {result.tb_dir})" if result.tb_dir else ""))
-    print(f"  before/after PNG : {result.before_after or '(no validation set)'}  (input | restored | target; "
+    print(f"  before/after PNG : {result.before_after or '(no validation set)'}  ({first} | restored | target; "
           "below: a zoomed crop)")
     print(f"  log file         : {result.log_file}")
     for label, values in result.metrics.items():
@@ -126,7 +127,7 @@ def _summary(result: Any) -> None:
         for name, value in values.items():
             if name in inputs:
                 unit = " dB" if "psnr" in name.lower() else ""
-                parts.append(f"{name} {value:.4f} (input {inputs[name]:.4f}, {value - inputs[name]:+.2f}{unit})")
+                parts.append(f"{name} {value:.4f} ({first} {inputs[name]:.4f}, {value - inputs[name]:+.2f}{unit})")
             else:
                 parts.append(f"{name} {value:.4f}")
         print(f"  validation {label}: " + ", ".join(parts))
@@ -163,7 +164,7 @@ def _run(args: argparse.Namespace, argv_list: List[str], program: List[str]) -> 
     main_rank = _is_main()
     shutdown()
     if main_rank:
-        _summary(result)
+        _summary(result, int(opt.get("scale") or 1))
     return 0
 
 
