@@ -20,6 +20,7 @@ __all__ = [
     "MissingPathError",
     "UnknownNameError",
     "CheckpointError",
+    "OptionTypeError",
     "run_console",
     "EXIT_USER_ERROR",
 ]
@@ -50,6 +51,13 @@ class UnknownNameError(UserError, KeyError):
 
 class CheckpointError(InputError):
     """A checkpoint cannot be read or does not match the network it is loaded into."""
+
+
+class OptionTypeError(UserError, TypeError):
+    """An option of the wrong type, or options a part cannot be built with (``type:`` plus keyword arguments).
+
+    Still a ``TypeError`` (what Python raises for a bad keyword argument), but a user error: one line, exit 2.
+    """
 
 
 def run_console(prog: str, fn: Callable[[], T], debug: bool = False,

@@ -15,6 +15,8 @@ import copy
 import importlib
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
+from ddr_restore.errors import OptionTypeError
+
 __all__ = ["Registry", "ARCH_REGISTRY", "LOSS_REGISTRY", "DATASET_REGISTRY", "METRIC_REGISTRY", "load_builtin"]
 
 
@@ -85,7 +87,7 @@ class Registry:
         """
         label = where or self.kind
         if not isinstance(cfg, Mapping):
-            raise TypeError(f"{label}: expected a mapping with a 'type' key, got {type(cfg).__name__}")
+            raise OptionTypeError(f"{label}: expected a mapping with a 'type' key, got {type(cfg).__name__}")
         if "type" not in cfg:
             raise KeyError(f"{label}: missing required key 'type' (one of: {', '.join(self.keys())})")
         kwargs = copy.deepcopy(dict(cfg))
@@ -98,7 +100,7 @@ class Registry:
         try:
             return factory(**kwargs)
         except TypeError as err:
-            raise TypeError(f"{label}: cannot build {self.kind} {type_name!r} with options {sorted(kwargs)}: {err}") from err
+            raise OptionTypeError(f"{label}: cannot build {self.kind} {type_name!r} with options {sorted(kwargs)}: {err}") from err
 
 
 ARCH_REGISTRY = Registry("arch", ["ddr_restore.archs"])

@@ -319,6 +319,21 @@ def test_data_errors_are_one_line_and_status_2(tmp_path, monkeypatch, capsys):
     assert issubclass(OptionsError, InputError) and issubclass(OptionsError, ValueError)
 
 
+def test_options_a_part_cannot_be_built_with_are_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    """A wrongly typed option reaches a constructor as a TypeError; it is still the user's error: one line, exit 2,
+    nothing written (it was a traceback for ``pretrained: 5``)."""
+    from ddr_restore.errors import OptionTypeError
+
+    opt = options(tmp_path)
+    opt["train"]["ddr_opt"] = {"type": "DDRLoss", "loss_weight": 1.0, "pretrained": 5}
+    assert _cli(tmp_path, monkeypatch, opt) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddr-train: error: train.ddr_opt: cannot build loss 'DDRLoss'") and "got 5" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "robust").exists()  # the experiment folder (experiments_root is tmp_path)
+    assert issubclass(OptionTypeError, TypeError)  # callers catching TypeError still do
+
+
 # -------------------------------------------------------------------------------------------------- 8. Ctrl-C
 def test_interrupt_saves_current_iteration_and_resume_is_exact(tmp_path):
     full = train(options(tmp_path / "full", total_iter=8))

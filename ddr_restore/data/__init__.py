@@ -9,7 +9,7 @@ from ddr_restore.data.paired import PairedImageDataset
 from ddr_restore.data.realsr import RealSRPairedDataset  # noqa: F401  (registers the RealSR/DRealSR dataset)
 from ddr_restore.data.sr_synthetic import SyntheticSRDataset  # registers the on-the-fly SR dataset
 from ddr_restore.data.synthetic import SyntheticMotionBlurDataset
-from ddr_restore.errors import InputError, MissingPathError
+from ddr_restore.errors import InputError, MissingPathError, OptionTypeError
 from ddr_restore.registry import DATASET_REGISTRY
 
 __all__ = ["LOADER_KEYS", "build_dataset", "PairedImageDataset", "SyntheticMotionBlurDataset", "SyntheticSRDataset"]
@@ -38,7 +38,7 @@ def build_dataset(opt: Mapping[str, Any], phase: str) -> Any:
     found while building (missing folders, unpaired or bad files) raise ``InputError``/``MissingPathError``.
     """
     if not isinstance(opt, Mapping):
-        raise TypeError(f"datasets.{phase}: expected a mapping of dataset options, got {type(opt).__name__}")
+        raise OptionTypeError(f"datasets.{phase}: expected a mapping of dataset options, got {type(opt).__name__}")
     cfg = {k: copy.deepcopy(v) for k, v in opt.items() if k not in LOADER_KEYS and k != "phase"}
     dataset_phase = "train" if phase == "train" else "val"
     try:

@@ -40,7 +40,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ddr_restore.errors import CheckpointError, InputError, MissingPathError
+from ddr_restore.errors import CheckpointError, InputError, MissingPathError, OptionTypeError
 
 __all__ = [
     "ENV_CHECKPOINT",
@@ -114,7 +114,7 @@ def resolve_pretrained(pretrained: Optional[str]) -> str:
     """
     if pretrained is not None:
         if not isinstance(pretrained, (str, os.PathLike)):
-            raise TypeError(f"pretrained must be a tag, a checkpoint path, 'none' or None; got {pretrained!r}")
+            raise OptionTypeError(f"pretrained must be a tag, a checkpoint path, 'none' or None; got {pretrained!r}")
         value = os.fspath(pretrained).strip()
         if not value:
             raise InputError("pretrained is an empty string; use a tag (e.g. 'openai'), a checkpoint path or 'none'")
