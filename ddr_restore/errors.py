@@ -60,6 +60,23 @@ class OptionTypeError(UserError, TypeError):
     """
 
 
+def _worker_message(message: str) -> str:
+    """The user's message of an error re-raised from a DataLoader worker, on one line.
+
+    torch re-raises a worker's exception in the main process as the same type whose message is ``Caught <Type> in
+    DataLoader worker process N.`` followed by the worker's whole traceback; its last line is ``<module.Type>:
+    <original message>``. Any other message is returned unchanged.
+    """
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    if len(lines) < 2 or not lines[0].startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    where = lines[0][len("Caught "):].split(" in ", 1)[-1].rstrip(".")  # "DataLoader worker process 0"
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    original = rest if sep and "." in head and " " not in head else last  # drop "ddr_restore.errors.InputError: "
+    return f"{original} (in {where})"
+
+
 def run_console(prog: str, fn: Callable[[], T], debug: bool = False,
                 extra_user_errors: Sequence[type] = ()) -> T:
     """Call ``fn()``; turn a :class:`UserError` (or one of ``extra_user_errors``) into one line and exit 2.
@@ -75,6 +92,6 @@ def run_console(prog: str, fn: Callable[[], T], debug: bool = False,
         if debug:
             print(tb, file=sys.stderr, end="")
         message = str(err) if not isinstance(err, KeyError) or isinstance(err, UserError) else str(err.args[0])
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {_worker_message(message)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
 

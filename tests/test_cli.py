@@ -74,3 +74,32 @@ def test_score_user_errors_are_one_line(tmp_path, capsys):
         score_main([str(tmp_path / "missing.png"), "--debug"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" in err and err.rstrip().endswith("missing.png")
+
+
+def test_error_from_a_dataloader_worker_is_one_line(capsys):
+    """torch re-raises a worker's error with the worker's whole traceback in its message; the user sees one line."""
+    import torch
+
+    from ddr_restore.errors import InputError, run_console
+
+    class BadItems(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            if index == 2:
+                raise InputError("cannot decode image file d/input/2.png: truncated or damaged PNG")
+            return torch.zeros(1)
+
+    def load_all():
+        for _ in torch.utils.data.DataLoader(BadItems(), batch_size=1, num_workers=1):
+            pass
+
+    with pytest.raises(InputError, match="Original Traceback"):  # what torch raises: a multi-line message
+        load_all()
+    with pytest.raises(SystemExit) as info:
+        run_console("ddr-train", load_all)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("ddr-train: error: cannot decode image file d/input/2.png: truncated or damaged PNG "
+                   "(in DataLoader worker process 0)\n")
