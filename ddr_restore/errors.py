@@ -53,10 +53,11 @@ class CheckpointError(InputError):
     """A checkpoint cannot be read or does not match the network it is loaded into."""
 
 
-class OptionTypeError(UserError, TypeError):
+class OptionTypeError(InputError, TypeError):
     """An option of the wrong type, or options a part cannot be built with (``type:`` plus keyword arguments).
 
-    Still a ``TypeError`` (what Python raises for a bad keyword argument), but a user error: one line, exit 2.
+    Still a ``TypeError`` (what Python raises for a bad keyword argument), and an :class:`InputError`: a user error
+    (one line, exit 2) that code catching bad option values (``InputError``/``ValueError``) also catches.
     """
 
 

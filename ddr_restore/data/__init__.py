@@ -43,5 +43,7 @@ def build_dataset(opt: Mapping[str, Any], phase: str) -> Any:
     dataset_phase = "train" if phase == "train" else "val"
     try:
         return DATASET_REGISTRY.build(cfg, where=f"datasets.{phase}", phase=dataset_phase)
+    except OptionTypeError:  # the registry's message already starts with datasets.<phase>
+        raise
     except (InputError, MissingPathError) as err:
         raise type(err)(f"datasets.{phase}: {err}") from err
