@@ -185,3 +185,18 @@ def test_sr_demo_header_states_the_true_bicubic_psnr():
         scores.append(calculate_psnr(imresize(lr, output_shape=hr.shape[:2]), hr, crop_border=4, test_y_channel=True))
     decimals = len(match.group(1).split(".")[1])
     assert abs(float(np.mean(scores)) - float(match.group(1))) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+@pytest.mark.parametrize("name", PAIRED + ["nafnet_ddr_x4_synthetic"])
+def test_sr_option_file_networks_build_and_upsample_by_the_scale(name):
+    """The full-size networks of the option files build and return scale x their (odd-sized) input."""
+    import torch
+
+    import ddr_restore.archs  # noqa: F401  (registers the architectures)
+    from ddr_restore.registry import ARCH_REGISTRY
+
+    opt = parse_options(REALSR / f"{name}.yml")
+    net = ARCH_REGISTRY.build(dict(opt["network_g"]), where="network_g").eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 13, 18))
+    assert tuple(out.shape) == (1, 3, 13 * opt["scale"], 18 * opt["scale"])
